@@ -1,0 +1,190 @@
+//! Configuration: built-in defaults (no file needed), then an optional `pil.toml`, then `PIL_*`
+//! environment variables (one per key, e.g. `PIL_LISTEN`, `PIL_DATABASE_URL`). It reads
+//! settings; it starts nothing.
+
+use std::path::{Path, PathBuf};
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address the API listens on.
+    pub listen: String,
+    /// `sqlite:<path>`.
+    pub database_url: String,
+    pub rules_dir: PathBuf,
+    pub adapters_dir: PathBuf,
+    /// Base URL DFSPs reach PIL at, for callback URLs. Default: `http://<listen address>`.
+    pub public_url: Option<String>,
+    pub max_body_bytes: usize,
+    pub max_batch_payments: usize,
+    /// Largest accepted amount of one payment (decimal string), any currency.
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub max_amount: Option<Decimal>,
+    /// Run the dispatcher and poller in this process (false: API only).
+    pub dispatch: bool,
+    /// Dispatch workers claiming groups concurrently.
+    pub workers: usize,
+    /// Payments per claimed group.
+    pub claim_size: i64,
+    /// Payments claimed and not yet answered, across workers.
+    pub max_outstanding: usize,
+    pub idle_ms: u64,
+    pub claim_lease_ms: i64,
+    /// How long a `sending` mark is trusted before the payment is presumed interrupted.
+    pub sending_lease_ms: i64,
+    /// This instance's stable name; on start it takes back what it held before a crash.
+    pub instance_id: String,
+    /// tracing filter, e.g. `info` or `pil=debug`.
+    pub log: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: "127.0.0.1:8080".into(),
+            database_url: "sqlite:data/pil.db".into(),
+            rules_dir: "rules".into(),
+            adapters_dir: "adapters".into(),
+            public_url: None,
+            max_body_bytes: 5 * 1024 * 1024,
+            max_batch_payments: 100_000,
+            max_amount: None,
+            dispatch: true,
+            workers: 2,
+            claim_size: 200,
+            max_outstanding: 4_000,
+            idle_ms: 100,
+            claim_lease_ms: 60_000,
+            sending_lease_ms: 600_000,
+            instance_id: "pil".into(),
+            log: "info".into(),
+        }
+    }
+}
+
+/// Every key, for `PIL_<KEY>` overrides.
+const KEYS: &[&str] = &[
+    "listen",
+    "database_url",
+    "rules_dir",
+    "adapters_dir",
+    "public_url",
+    "max_body_bytes",
+    "max_batch_payments",
+    "max_amount",
+    "dispatch",
+    "workers",
+    "claim_size",
+    "max_outstanding",
+    "idle_ms",
+    "claim_lease_ms",
+    "sending_lease_ms",
+    "instance_id",
+    "log",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Defaults, then `file` (or `./pil.toml` if present), then `PIL_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Settings::load_from(file, std::env::vars())
+    }
+
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let default_file = Path::new("pil.toml");
+        let path = file.or(default_file.exists().then_some(default_file));
+        let mut table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                toml::from_str::<toml::Table>(&text)
+                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", p.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix("PIL_").map(str::to_ascii_lowercase) else {
+                continue;
+            };
+            if !KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            let v = match (value.parse::<i64>(), value.as_str()) {
+                (Ok(n), _) if key != "max_amount" => toml::Value::Integer(n),
+                (_, "true") => toml::Value::Boolean(true),
+                (_, "false") => toml::Value::Boolean(false),
+                _ => toml::Value::String(value),
+            };
+            table.insert(key, v);
+        }
+        let settings: Settings = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        if settings.claim_size < 1 || settings.workers < 1 {
+            return Err(ConfigError::Invalid(
+                "workers and claim_size must be at least 1".into(),
+            ));
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file_and_env_overrides_each_key() {
+        let s = Settings::load_from(None, std::iter::empty()).expect("defaults");
+        assert_eq!(s.listen, "127.0.0.1:8080");
+        assert_eq!(s.database_url, "sqlite:data/pil.db");
+        let env = [
+            ("PIL_LISTEN", "127.0.0.1:9999"),
+            ("PIL_DATABASE_URL", "sqlite:/tmp/x.db"),
+            ("PIL_RULES_DIR", "/r"),
+            ("PIL_ADAPTERS_DIR", "/a"),
+            ("PIL_WORKERS", "3"),
+            ("PIL_MAX_AMOUNT", "1000"),
+            ("PIL_UNRELATED", "x"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let s = Settings::load_from(None, env.into_iter()).expect("env");
+        assert_eq!(s.listen, "127.0.0.1:9999");
+        assert_eq!(s.database_url, "sqlite:/tmp/x.db");
+        assert_eq!(s.rules_dir, PathBuf::from("/r"));
+        assert_eq!(s.adapters_dir, PathBuf::from("/a"));
+        assert_eq!(s.workers, 3);
+        assert_eq!(s.max_amount, Some(Decimal::from(1000)));
+    }
+
+    #[test]
+    fn file_then_env() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("pil.toml");
+        std::fs::write(&f, "listen = \"0.0.0.0:1\"\nclaim_size = 7\n").expect("write");
+        let env = [("PIL_LISTEN".to_string(), "127.0.0.1:2".to_string())];
+        let s = Settings::load_from(Some(&f), env.into_iter()).expect("load");
+        assert_eq!(s.listen, "127.0.0.1:2");
+        assert_eq!(s.claim_size, 7);
+        std::fs::write(&f, "lisen = \"typo\"\n").expect("write");
+        assert!(Settings::load_from(Some(&f), std::iter::empty()).is_err());
+    }
+}

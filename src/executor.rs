@@ -1,0 +1,300 @@
+//! The one generic HTTP executor: sends a request that an adapter script built to its DFSP,
+//! with the DFSP's auth (from `adapter.toml`), timeouts, a pooled client and a cap on requests
+//! in flight. It classifies failures by what they prove: [`Sent::NotSent`] only when the
+//! request surely never reached the DFSP (refused connection, no token), [`Sent::Unknown`]
+//! otherwise (timeouts, resets). It never retries a request that may have been received and
+//! never logs secrets.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::adapter::{AdapterConfig, Auth};
+
+/// What an adapter script asks to send.
+#[derive(Debug, Clone)]
+pub struct DfspRequest {
+    pub method: reqwest::Method,
+    /// A path under the adapter's base URL, or an absolute `http(s)://` URL.
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Body>,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Body {
+    Json(serde_json::Value),
+    Text { content_type: String, text: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct DfspResponse {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// The outcome of one send, classified by what it proves about execution.
+#[derive(Debug)]
+pub enum Sent {
+    Response(DfspResponse),
+    /// The request surely did not reach the DFSP.
+    NotSent(String),
+    /// The request may have reached the DFSP; its effect is unknown.
+    Unknown(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error("dfsp {dfsp}: cannot build HTTP client: {message}")]
+    Client { dfsp: String, message: String },
+}
+
+struct CachedToken {
+    value: String,
+    expires_at: Instant,
+}
+
+/// A pooled client for one DFSP.
+pub struct DfspClient {
+    config: AdapterConfig,
+    http: reqwest::Client,
+    in_flight: Arc<Semaphore>,
+    token: Mutex<Option<CachedToken>>,
+}
+
+impl std::fmt::Debug for DfspClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DfspClient")
+            .field("dfsp", &self.config.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DfspClient {
+    pub fn new(config: AdapterConfig) -> Result<DfspClient, ExecutorError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+            .pool_max_idle_per_host(config.max_in_flight)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ExecutorError::Client {
+                dfsp: config.id.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(DfspClient {
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            config,
+            http,
+            token: Mutex::new(None),
+        })
+    }
+
+    pub fn config(&self) -> &AdapterConfig {
+        &self.config
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.config.max_in_flight - self.in_flight.available_permits()
+    }
+
+    pub fn url_for(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_string()
+        } else if path.starts_with('/') {
+            format!("{}{}", self.config.base_url, path)
+        } else {
+            format!("{}/{}", self.config.base_url, path)
+        }
+    }
+
+    /// Sends one request; with OAuth2, a 401 refreshes the token and retries once (a 401 means
+    /// the DFSP refused the request, so resending it cannot execute it twice).
+    pub async fn send(&self, req: &DfspRequest) -> Sent {
+        let Ok(_permit) = self.in_flight.acquire().await else {
+            return Sent::NotSent("executor is shutting down".into());
+        };
+        let first = self.send_once(req, false).await;
+        match first {
+            Sent::Response(ref r)
+                if r.status == 401
+                    && matches!(self.config.auth, Auth::OAuth2ClientCredentials { .. }) =>
+            {
+                self.send_once(req, true).await
+            }
+            other => other,
+        }
+    }
+
+    async fn send_once(&self, req: &DfspRequest, refresh_token: bool) -> Sent {
+        let auth = match self.auth_header(refresh_token).await {
+            Ok(a) => a,
+            Err(e) => return Sent::NotSent(e),
+        };
+        let mut headers = HeaderMap::new();
+        for (name, value) in self
+            .config
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.expose()))
+            .chain(req.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+        {
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                (Ok(n), Ok(v)) => {
+                    headers.insert(n, v);
+                }
+                _ => return Sent::NotSent(format!("invalid header '{name}'")),
+            }
+        }
+        if let Some((name, value)) = auth {
+            headers.insert(name, value);
+        }
+        let mut builder = self
+            .http
+            .request(req.method.clone(), self.url_for(&req.path))
+            .headers(headers);
+        builder = match &req.body {
+            Some(Body::Json(v)) => builder
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(v.to_string()),
+            Some(Body::Text { content_type, text }) => builder
+                .header(reqwest::header::CONTENT_TYPE, content_type.as_str())
+                .body(text.clone()),
+            None => builder,
+        };
+        match builder.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let headers = resp
+                    .headers()
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        v.to_str()
+                            .ok()
+                            .map(|v| (k.as_str().to_ascii_lowercase(), v.to_string()))
+                    })
+                    .collect();
+                match resp.bytes().await {
+                    Ok(body) => Sent::Response(DfspResponse {
+                        status,
+                        headers,
+                        body: body.to_vec(),
+                    }),
+                    Err(e) => Sent::Unknown(format!("reading the response failed: {e}")),
+                }
+            }
+            Err(e) if e.is_connect() => Sent::NotSent(format!("connection failed: {e}")),
+            Err(e) if e.is_builder() => Sent::NotSent(format!("invalid request: {e}")),
+            Err(e) if e.is_timeout() => Sent::Unknown(format!(
+                "no answer within {} ms",
+                self.config.timeout_ms
+            )),
+            Err(e) => Sent::Unknown(format!("request failed: {e}")),
+        }
+    }
+
+    async fn auth_header(
+        &self,
+        refresh: bool,
+    ) -> Result<Option<(HeaderName, HeaderValue)>, String> {
+        let value = match &self.config.auth {
+            Auth::None => return Ok(None),
+            Auth::Basic { username, password } => format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", username.expose(), password.expose()))
+            ),
+            Auth::Bearer(token) => format!("Bearer {}", token.expose()),
+            Auth::ApiKey { header, key } => {
+                let name = HeaderName::from_bytes(header.as_bytes())
+                    .map_err(|_| format!("invalid api key header name '{header}'"))?;
+                let value = HeaderValue::from_str(key.expose())
+                    .map_err(|_| "api key is not a valid header value".to_string())?;
+                return Ok(Some((name, value)));
+            }
+            Auth::OAuth2ClientCredentials { .. } => {
+                format!("Bearer {}", self.oauth_token(refresh).await?)
+            }
+        };
+        let mut value = HeaderValue::from_str(&value)
+            .map_err(|_| "credentials are not a valid header value".to_string())?;
+        value.set_sensitive(true);
+        Ok(Some((reqwest::header::AUTHORIZATION, value)))
+    }
+
+    /// The cached token, fetched once for all concurrent senders and refreshed before expiry.
+    async fn oauth_token(&self, refresh: bool) -> Result<String, String> {
+        let Auth::OAuth2ClientCredentials {
+            token_url,
+            client_id,
+            client_secret,
+            scope,
+        } = &self.config.auth
+        else {
+            return Err("not an oauth2 adapter".into());
+        };
+        let mut cached = self.token.lock().await;
+        if let Some(t) = cached.as_ref()
+            && !refresh
+            && t.expires_at > Instant::now()
+        {
+            return Ok(t.value.clone());
+        }
+        let mut body = String::from("grant_type=client_credentials");
+        if let Some(scope) = scope {
+            body.push_str("&scope=");
+            body.push_str(scope);
+        }
+        let mut req = self
+            .http
+            .post(self.url_for(token_url))
+            .basic_auth(client_id.expose(), Some(client_secret.expose()))
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(body);
+        for (name, value) in &self.config.headers {
+            req = req.header(name.as_str(), value.expose());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("token request failed: {e}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(format!("token request refused with HTTP {status}"));
+        }
+        let json: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| format!("token response is not JSON: {e}"))?;
+        let value = json
+            .get("access_token")
+            .and_then(|v| v.as_str())
+            .ok_or("token response has no access_token")?
+            .to_string();
+        let ttl = json
+            .get("expires_in")
+            .and_then(|v| v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+            .unwrap_or(300)
+            .max(0) as u64;
+        // Refresh a little early so a token does not expire between check and use.
+        let expires_at = Instant::now() + Duration::from_secs(ttl.saturating_sub(ttl / 10 + 1));
+        *cached = Some(CachedToken {
+            value: value.clone(),
+            expires_at,
+        });
+        Ok(value)
+    }
+}

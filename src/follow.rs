@@ -1,0 +1,339 @@
+//! Following payments to a final status: what a DFSP report (response, status query answer or
+//! callback) means for a payment ([`report_change`]), DFSP callbacks (stored raw first, then
+//! parsed by the adapter), and the poller that queries `accepted` and `unknown` payments on the
+//! adapter's schedule. Duplicate and late reports are harmless: a report never moves a final
+//! payment and never repeats a move already made. It never sends a payment.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use futures::stream::{FuturesUnordered, StreamExt};
+use rhai::{Dynamic, Map};
+
+use crate::adapter::AdapterConfig;
+use crate::clock::now_ms;
+use crate::executor::Sent;
+use crate::map::{body_dynamic, headers_map, CallbackMatch, Outcome, Reported};
+use crate::payment::{Attempt, Change, NotExecuted, Payment, Status};
+use crate::route::Live;
+use crate::script::convert::payment_map;
+use crate::store::{Claim, Lookup, RawCallback, Store, StoreError, Writer};
+
+/// A parked payment is not looked at again until an operator acts.
+pub const PARKED: i64 = i64::MAX;
+
+/// The change a DFSP report causes for a payment currently in `current`, or `None` when it
+/// changes nothing (duplicate, late, or about a final payment).
+pub fn report_change(
+    p: &Payment,
+    current: Status,
+    cfg: &AdapterConfig,
+    o: &Outcome,
+    now: i64,
+    from_poll: bool,
+) -> Option<Change> {
+    if current.is_final() {
+        return None;
+    }
+    let base = Change::at(&p.id, current).with(|f| {
+        f.dfsp_ref = o.dfsp_ref.clone();
+        f.lease_until = Some(0);
+        f.add_poll = from_poll;
+    });
+    let detail = o.reason.clone();
+    let code = o.reason_code.as_deref();
+    let wait = |c: Change, after: i64| {
+        let polls = p.polls + i64::from(from_poll);
+        let next = if polls >= cfg.poll.max_polls {
+            PARKED
+        } else {
+            now.saturating_add(after)
+        };
+        c.with(|f| f.next_at = Some(next))
+    };
+    let result = match o.status {
+        Reported::Succeeded => base
+            .with(|f| {
+                f.reason_code = o.reason_code.clone();
+                f.reason = o.reason.clone();
+            })
+            .step(Status::Succeeded, code, detail),
+        Reported::Failed if o.not_executed && matches!(current, Status::Sending | Status::Unknown) => {
+            if o.retry && p.attempts < cfg.retry.max_attempts {
+                let shift = u32::try_from(p.attempts.clamp(0, 10)).unwrap_or(10);
+                let backoff = cfg.retry.backoff_ms.saturating_mul(1 << shift).min(60_000);
+                base.with(|f| f.next_at = Some(now + backoff))
+                    .back_to_routed(NotExecuted, "retry", detail)
+            } else if let Some((next, rest)) = p.fallbacks.split_first() {
+                base.with(|f| {
+                    f.dfsp = Some(Some(next.clone()));
+                    f.fallbacks = Some(rest.to_vec());
+                    f.idempotency_key = Some(None);
+                    f.next_at = Some(now);
+                })
+                .back_to_routed(
+                    NotExecuted,
+                    "fallback",
+                    Some(format!(
+                        "{} did not execute it ({}); trying {next}",
+                        cfg.id,
+                        o.reason_code.as_deref().unwrap_or("no reason")
+                    )),
+                )
+            } else {
+                failed(base, o)
+            }
+        }
+        Reported::Failed => failed(base, o),
+        Reported::Accepted | Reported::Pending => match current {
+            Status::Sending | Status::Unknown => wait(base, cfg.poll.first_after_ms)
+                .step(Status::Accepted, Some("accepted"), detail),
+            _ if from_poll => Ok(wait(base, cfg.poll.every_ms)),
+            _ => return None,
+        },
+        Reported::Unknown => match current {
+            Status::Sending => wait(base, cfg.poll.first_after_ms).step(
+                Status::Unknown,
+                Some(code.unwrap_or("outcome_unknown")),
+                detail,
+            ),
+            _ if from_poll => Ok(wait(base, cfg.poll.every_ms)),
+            _ => return None,
+        },
+    };
+    match result {
+        Ok(change) => Some(change),
+        Err(illegal) => {
+            tracing::warn!(payment = %p.id, %illegal, "report ignored");
+            None
+        }
+    }
+}
+
+fn failed(base: Change, o: &Outcome) -> Result<Change, crate::payment::IllegalTransition> {
+    base.with(|f| {
+        f.reason_code = Some(o.reason_code.clone().unwrap_or_else(|| "dfsp_failed".into()));
+        f.reason = o.reason.clone();
+    })
+    .step(Status::Failed, Some(o.reason_code.as_deref().unwrap_or("dfsp_failed")), o.reason.clone())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    #[error("no adapter '{0}'")]
+    UnknownDfsp(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("write failed: {0}")]
+    Write(String),
+}
+
+/// What became of a callback, as recorded next to its raw copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallbackOutcome {
+    Applied(String),
+    NoChange(String),
+    UnknownPayment,
+    Ignored,
+    ScriptError(String),
+}
+
+impl CallbackOutcome {
+    fn label(&self) -> String {
+        match self {
+            CallbackOutcome::Applied(_) => "applied".into(),
+            CallbackOutcome::NoChange(_) => "no_change".into(),
+            CallbackOutcome::UnknownPayment => "unknown_payment".into(),
+            CallbackOutcome::Ignored => "ignored".into(),
+            CallbackOutcome::ScriptError(e) => format!("script_error: {e}"),
+        }
+    }
+}
+
+/// Stores a DFSP callback, then applies what the adapter's `parse_callback` makes of it.
+pub async fn handle_callback(
+    store: &Arc<dyn Store>,
+    writer: &Writer,
+    live: &Live,
+    raw: RawCallback,
+) -> Result<CallbackOutcome, CallbackError> {
+    let adapter = live
+        .bundle
+        .adapter(&raw.dfsp)
+        .cloned()
+        .ok_or_else(|| CallbackError::UnknownDfsp(raw.dfsp.clone()))?;
+    let id = store.insert_callback(&raw).await?;
+    let outcome = if !adapter.can_parse_callbacks() {
+        CallbackOutcome::Ignored
+    } else {
+        let mut req = Map::new();
+        req.insert("method".into(), raw.method.clone().into());
+        req.insert("path".into(), raw.path.clone().into());
+        let headers: Vec<(String, String)> = raw
+            .headers
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        req.insert("headers".into(), headers_map(headers.iter().map(|(k, v)| (k, v))));
+        req.insert("body".into(), body_dynamic(&raw.body));
+        match adapter.parse_callback(&live.bundle.engine, Dynamic::from_map(req)) {
+            Err(e) => CallbackOutcome::ScriptError(e.to_string()),
+            Ok(None) => CallbackOutcome::Ignored,
+            Ok(Some((matcher, report))) => {
+                let lookup = match matcher {
+                    CallbackMatch::PaymentId(id) => Lookup::Id(id),
+                    CallbackMatch::DfspRef(r) => Lookup::DfspRef {
+                        dfsp: raw.dfsp.clone(),
+                        dfsp_ref: r,
+                    },
+                    CallbackMatch::ReferenceId(r) => Lookup::Reference {
+                        sender_id: None,
+                        reference_id: r,
+                    },
+                };
+                match store.find_payment(&lookup).await? {
+                    None => CallbackOutcome::UnknownPayment,
+                    Some(p) if p.dfsp.as_deref() != Some(raw.dfsp.as_str()) => {
+                        CallbackOutcome::UnknownPayment
+                    }
+                    Some(p) => {
+                        match report_change(&p, p.status, &adapter.config, &report, now_ms(), false) {
+                            None => CallbackOutcome::NoChange(p.id),
+                            Some(change) => {
+                                let applied =
+                                    writer.apply(vec![change]).await.map_err(CallbackError::Write)?;
+                                if applied.first() == Some(&crate::store::Applied::Done) {
+                                    CallbackOutcome::Applied(p.id)
+                                } else {
+                                    CallbackOutcome::NoChange(p.id)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let payment_id = match &outcome {
+        CallbackOutcome::Applied(id) | CallbackOutcome::NoChange(id) => Some(id.as_str()),
+        _ => None,
+    };
+    store
+        .finish_callback(id, payment_id, &outcome.label(), now_ms())
+        .await?;
+    Ok(outcome)
+}
+
+/// Queries the status of due `accepted` and `unknown` payments; returns how many it looked at.
+pub async fn poll_once(
+    store: &Arc<dyn Store>,
+    writer: &Writer,
+    live: &ArcSwap<Live>,
+    owner: &str,
+    limit: i64,
+) -> Result<usize, CallbackError> {
+    let now = now_ms();
+    let claimed = store.claim(Claim::Poll, now, limit, now + 120_000, owner).await?;
+    if claimed.is_empty() {
+        return Ok(0);
+    }
+    let live = live.load_full();
+    let engine = live.bundle.engine.clone();
+    let mut parked = Vec::new();
+    let mut queries = FuturesUnordered::new();
+    for p in &claimed {
+        let dfsp = p.dfsp.clone().unwrap_or_default();
+        let (Some(adapter), Some(client)) = (live.bundle.adapter(&dfsp), live.clients.get(&dfsp))
+        else {
+            parked.push(park(p, "no adapter to query"));
+            continue;
+        };
+        if !adapter.can_query_status() {
+            parked.push(park(p, "the adapter has no status query"));
+            continue;
+        }
+        let pmap = Dynamic::from_map(payment_map(p, None));
+        let mut ctx = Map::new();
+        ctx.insert("now".into(), Dynamic::from_int(now));
+        ctx.insert("settings".into(), crate::script::convert::json_to_dynamic(&adapter.config.settings));
+        let req = match adapter.build_status_request(&engine, pmap.clone(), Dynamic::from_map(ctx)) {
+            Ok(Some(req)) => req,
+            Ok(None) => {
+                parked.push(park(p, "the DFSP offers no way to look this payment up"));
+                continue;
+            }
+            Err(e) => {
+                parked.push(park(p, &e.to_string()));
+                continue;
+            }
+        };
+        let adapter = adapter.clone();
+        let client = client.clone();
+        let engine = engine.clone();
+        queries.push(async move {
+            let started = now_ms();
+            let sent = client.send(&req).await;
+            let finished = now_ms();
+            let mut attempt = Attempt {
+                dfsp: adapter.config.id.clone(),
+                kind: "status",
+                idempotency_key: None,
+                method: req.method.to_string(),
+                url: client.url_for(&req.path),
+                started_at: started,
+                finished_at: finished,
+                http_status: None,
+                outcome: String::new(),
+                error: None,
+            };
+            let report = match sent {
+                Sent::Response(resp) => {
+                    attempt.http_status = Some(i64::from(resp.status));
+                    match adapter.parse_status_response(&engine, pmap, &resp) {
+                        Ok(o) => Some(o),
+                        Err(e) => {
+                            attempt.error = Some(e.to_string());
+                            None
+                        }
+                    }
+                }
+                Sent::NotSent(e) | Sent::Unknown(e) => {
+                    attempt.error = Some(e);
+                    None
+                }
+            };
+            (p.id.clone(), adapter, attempt, report)
+        });
+    }
+    let mut changes = parked;
+    while let Some((id, adapter, mut attempt, report)) = queries.next().await {
+        let Some(p) = claimed.iter().find(|p| p.id == id) else { continue };
+        let report = report.unwrap_or(Outcome {
+            status: Reported::Unknown,
+            dfsp_ref: None,
+            reason_code: None,
+            reason: None,
+            not_executed: false,
+            retry: false,
+        });
+        attempt.outcome = format!("{:?}", report.status).to_lowercase();
+        if let Some(change) = report_change(p, p.status, &adapter.config, &report, now_ms(), true) {
+            changes.push(change.with_attempt(attempt));
+        }
+    }
+    writer.apply(changes).await.map_err(CallbackError::Write)?;
+    Ok(claimed.len())
+}
+
+fn park(p: &Payment, why: &str) -> Change {
+    tracing::info!(payment = %p.id, reason = why, "payment waits for an operator");
+    Change::at(&p.id, p.status).with(|f| {
+        f.next_at = Some(PARKED);
+        f.lease_until = Some(0);
+        f.reason = Some(why.to_string());
+    })
+}

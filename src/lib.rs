@@ -1,0 +1,22 @@
+//! PIL: a payment interoperability layer for G2P cash programmes. See DESIGN.md for the flow:
+//! ingest → route → map → send → follow → report.
+
+pub mod adapter;
+pub mod address;
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod dispatch;
+pub mod executor;
+pub mod follow;
+pub mod ingest;
+pub mod map;
+pub mod money;
+pub mod payment;
+pub mod route;
+pub mod script;
+pub mod simulator;
+pub mod startup;
+pub mod store;
+pub mod tools;

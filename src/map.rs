@@ -1,0 +1,241 @@
+//! Calls to an adapter's script contract and the typed results: `build_request` and
+//! `build_status_request` (payment → [`DfspRequest`]), `parse_response`,
+//! `parse_status_response` and `parse_callback` (DFSP message → [`Outcome`]). Everything a
+//! script returns is checked here; a malformed result is a [`ScriptError`] for that payment.
+//! No I/O happens here.
+
+use rhai::{Dynamic, Map};
+
+use crate::executor::{Body, DfspRequest, DfspResponse};
+use crate::script::convert::{dynamic_to_json, json_to_dynamic, str_or_unit};
+use crate::script::{map_str, Adapter, ScriptError};
+
+/// The status a DFSP message reports, as scripts return it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reported {
+    Accepted,
+    Succeeded,
+    Failed,
+    Pending,
+    Unknown,
+}
+
+/// What a script made of a DFSP response or callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: Reported,
+    pub dfsp_ref: Option<String>,
+    pub reason_code: Option<String>,
+    pub reason: Option<String>,
+    /// The DFSP surely did not execute the payment (so a retry or a fallback DFSP is safe).
+    pub not_executed: bool,
+    /// Worth retrying on the same DFSP later (e.g. 429); only meaningful with `not_executed`.
+    pub retry: bool,
+}
+
+/// How a callback names its payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallbackMatch {
+    PaymentId(String),
+    DfspRef(String),
+    ReferenceId(String),
+}
+
+impl Adapter {
+    fn fail(&self, message: impl Into<String>) -> ScriptError {
+        ScriptError {
+            file: self.script.file.clone(),
+            line: 1,
+            column: 1,
+            message: message.into(),
+        }
+    }
+
+    pub fn build_request(&self, engine: &rhai::Engine, payment: Dynamic, ctx: Dynamic) -> Result<DfspRequest, ScriptError> {
+        let out = self.script.call(engine, "build_request", (payment, ctx))?;
+        self.request_from(out, "build_request")
+    }
+
+    /// `None` when the script says the payment cannot be looked up (it returned `()`).
+    pub fn build_status_request(
+        &self,
+        engine: &rhai::Engine,
+        payment: Dynamic,
+        ctx: Dynamic,
+    ) -> Result<Option<DfspRequest>, ScriptError> {
+        let out = self
+            .script
+            .call(engine, "build_status_request", (payment, ctx))?;
+        if out.is_unit() {
+            return Ok(None);
+        }
+        self.request_from(out, "build_status_request").map(Some)
+    }
+
+    pub fn parse_response(
+        &self,
+        engine: &rhai::Engine,
+        payment: Dynamic,
+        response: &DfspResponse,
+    ) -> Result<Outcome, ScriptError> {
+        let out = self.script.call(
+            engine,
+            "parse_response",
+            (payment, response_map(response)),
+        )?;
+        self.outcome_from(&out, "parse_response")
+    }
+
+    pub fn parse_status_response(
+        &self,
+        engine: &rhai::Engine,
+        payment: Dynamic,
+        response: &DfspResponse,
+    ) -> Result<Outcome, ScriptError> {
+        let out = self.script.call(
+            engine,
+            "parse_status_response",
+            (payment, response_map(response)),
+        )?;
+        self.outcome_from(&out, "parse_status_response")
+    }
+
+    /// `None` when the script ignores the callback (returned `()`).
+    pub fn parse_callback(
+        &self,
+        engine: &rhai::Engine,
+        request: Dynamic,
+    ) -> Result<Option<(CallbackMatch, Outcome)>, ScriptError> {
+        let out = self.script.call(engine, "parse_callback", (request,))?;
+        if out.is_unit() {
+            return Ok(None);
+        }
+        let map = out
+            .read_lock::<Map>()
+            .ok_or_else(|| self.fail("parse_callback must return a map or ()"))?
+            .clone();
+        let m = map
+            .get("match")
+            .and_then(|m| m.read_lock::<Map>().map(|m| m.clone()))
+            .ok_or_else(|| {
+                self.fail("parse_callback: 'match' must be a map with payment_id, dfsp_ref or reference_id")
+            })?;
+        let matcher = if let Some(id) = map_str(&m, "payment_id") {
+            CallbackMatch::PaymentId(id)
+        } else if let Some(r) = map_str(&m, "dfsp_ref") {
+            CallbackMatch::DfspRef(r)
+        } else if let Some(r) = map_str(&m, "reference_id") {
+            CallbackMatch::ReferenceId(r)
+        } else {
+            return Err(self.fail(
+                "parse_callback: 'match' needs one of payment_id, dfsp_ref, reference_id",
+            ));
+        };
+        Ok(Some((matcher, self.outcome_from(&out, "parse_callback")?)))
+    }
+
+    fn request_from(&self, out: Dynamic, func: &str) -> Result<DfspRequest, ScriptError> {
+        let map = out
+            .read_lock::<Map>()
+            .ok_or_else(|| self.fail(format!("{func} must return a map, got {}", out.type_name())))?
+            .clone();
+        let method = map_str(&map, "method").unwrap_or_else(|| "POST".into());
+        let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| self.fail(format!("{func}: invalid method '{method}'")))?;
+        let path = map_str(&map, "path")
+            .ok_or_else(|| self.fail(format!("{func}: 'path' is required")))?;
+        let mut headers = Vec::new();
+        if let Some(h) = map.get("headers").filter(|h| !h.is_unit()) {
+            let h = h
+                .read_lock::<Map>()
+                .ok_or_else(|| self.fail(format!("{func}: 'headers' must be a map")))?;
+            for (k, v) in h.iter() {
+                headers.push((k.to_string(), v.to_string()));
+            }
+        }
+        let body = match map.get("body") {
+            None => None,
+            Some(b) if b.is_unit() => None,
+            Some(b) if b.is_string() => Some(Body::Text {
+                content_type: map_str(&map, "content_type")
+                    .unwrap_or_else(|| "text/plain; charset=utf-8".into()),
+                text: b.to_string(),
+            }),
+            Some(b) => Some(Body::Json(
+                dynamic_to_json(b).map_err(|e| self.fail(format!("{func}: body: {e}")))?,
+            )),
+        };
+        Ok(DfspRequest {
+            method,
+            path,
+            headers,
+            body,
+            idempotency_key: map_str(&map, "idempotency_key"),
+        })
+    }
+
+    fn outcome_from(&self, out: &Dynamic, func: &str) -> Result<Outcome, ScriptError> {
+        let map = out
+            .read_lock::<Map>()
+            .ok_or_else(|| self.fail(format!("{func} must return a map, got {}", out.type_name())))?;
+        let status = map_str(&map, "status")
+            .ok_or_else(|| self.fail(format!("{func}: 'status' is required")))?;
+        let status = match status.as_str() {
+            "accepted" => Reported::Accepted,
+            "succeeded" => Reported::Succeeded,
+            "failed" => Reported::Failed,
+            "pending" => Reported::Pending,
+            "unknown" => Reported::Unknown,
+            other => {
+                return Err(self.fail(format!(
+                    "{func}: status '{other}' is not one of accepted, succeeded, failed, pending, unknown"
+                )));
+            }
+        };
+        let flag = |key: &str| -> Result<bool, ScriptError> {
+            match map.get(key) {
+                None => Ok(false),
+                Some(v) if v.is_unit() => Ok(false),
+                Some(v) => v
+                    .as_bool()
+                    .map_err(|_| self.fail(format!("{func}: '{key}' must be true or false"))),
+            }
+        };
+        Ok(Outcome {
+            status,
+            dfsp_ref: map_str(&map, "dfsp_ref"),
+            reason_code: map_str(&map, "reason_code"),
+            reason: map_str(&map, "reason"),
+            not_executed: flag("not_executed")?,
+            retry: flag("retry")?,
+        })
+    }
+}
+
+/// A DFSP response or callback as scripts see it: `#{status, headers, body}`, the body parsed
+/// when it is JSON, a string otherwise, `()` when empty.
+pub fn response_map(r: &DfspResponse) -> Dynamic {
+    let mut m = Map::new();
+    m.insert("status".into(), Dynamic::from_int(i64::from(r.status)));
+    m.insert("headers".into(), headers_map(r.headers.iter()));
+    m.insert("body".into(), body_dynamic(&r.body));
+    Dynamic::from_map(m)
+}
+
+pub fn headers_map<'a>(headers: impl Iterator<Item = (&'a String, &'a String)>) -> Dynamic {
+    Dynamic::from_map(
+        headers
+            .map(|(k, v)| (k.to_ascii_lowercase().into(), v.clone().into()))
+            .collect::<Map>(),
+    )
+}
+
+pub fn body_dynamic(body: &[u8]) -> Dynamic {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Dynamic::UNIT;
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => json_to_dynamic(&v),
+        Err(_) => str_or_unit(Some(&String::from_utf8_lossy(body))),
+    }
+}

@@ -1,0 +1,368 @@
+//! The payment state machine: which statuses exist, which moves between them are legal, and
+//! the only way to build a change of status ([`Change`]). The store applies changes; it never
+//! decides them. This module does no I/O.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::money::Money;
+
+/// Where a payment is in its life. See DESIGN.md "Payment states".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Received,
+    Routed,
+    Sending,
+    Accepted,
+    Unknown,
+    Succeeded,
+    Failed,
+    Rejected,
+    Cancelled,
+    Reversed,
+}
+
+impl Status {
+    pub const ALL: [Status; 10] = [
+        Status::Received,
+        Status::Routed,
+        Status::Sending,
+        Status::Accepted,
+        Status::Unknown,
+        Status::Succeeded,
+        Status::Failed,
+        Status::Rejected,
+        Status::Cancelled,
+        Status::Reversed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Received => "received",
+            Status::Routed => "routed",
+            Status::Sending => "sending",
+            Status::Accepted => "accepted",
+            Status::Unknown => "unknown",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Rejected => "rejected",
+            Status::Cancelled => "cancelled",
+            Status::Reversed => "reversed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Final statuses never change again (except `succeeded → reversed` from reconciliation).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Status::Succeeded
+                | Status::Failed
+                | Status::Rejected
+                | Status::Cancelled
+                | Status::Reversed
+        )
+    }
+
+    /// Whether the payment may have reached a DFSP. Such a payment is never sent again blindly.
+    pub fn may_have_reached_dfsp(self) -> bool {
+        matches!(
+            self,
+            Status::Sending | Status::Accepted | Status::Unknown | Status::Succeeded
+        )
+    }
+
+    /// The legal moves. `sending|unknown → routed` exists only for a send that surely did not
+    /// execute (a 429, a refused connection, a DFSP saying it never saw the payment): the
+    /// caller must say so with [`NotExecuted`], which is the only way to build that change.
+    fn allows(self, to: Status) -> bool {
+        use Status::*;
+        match self {
+            Received => matches!(to, Routed | Rejected | Cancelled | Failed),
+            Routed => matches!(to, Sending | Cancelled | Failed | Rejected),
+            Sending => matches!(to, Accepted | Succeeded | Failed | Unknown),
+            Accepted => matches!(to, Succeeded | Failed | Unknown),
+            Unknown => matches!(to, Accepted | Succeeded | Failed),
+            Succeeded => matches!(to, Reversed),
+            Failed | Rejected | Cancelled | Reversed => false,
+        }
+    }
+
+    /// G2P Connect view: `rcvd | pdng | succ | rjct`.
+    pub fn g2p_connect(self) -> &'static str {
+        match self {
+            Status::Received => "rcvd",
+            Status::Routed | Status::Sending | Status::Accepted | Status::Unknown => "pdng",
+            Status::Succeeded => "succ",
+            Status::Failed | Status::Rejected | Status::Cancelled | Status::Reversed => "rjct",
+        }
+    }
+
+    /// Legacy PIL API view.
+    pub fn legacy_pil(self) -> &'static str {
+        match self {
+            Status::Received => "RECEIVED",
+            Status::Routed | Status::Sending | Status::Accepted | Status::Unknown => "PENDING",
+            Status::Succeeded => "COMPLETED",
+            Status::Rejected => "REJECTED",
+            Status::Cancelled | Status::Reversed => "ABORTED",
+            Status::Failed => "ERROR_OCCURRED",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("illegal payment transition {from} → {to}")]
+pub struct IllegalTransition {
+    pub from: Status,
+    pub to: Status,
+}
+
+/// Evidence that a send did not execute at the DFSP; required to put a payment back to `routed`.
+#[derive(Debug, Clone, Copy)]
+pub struct NotExecuted;
+
+/// A payment as stored.
+#[derive(Debug, Clone)]
+pub struct Payment {
+    pub id: String,
+    pub batch_id: String,
+    pub seq: i64,
+    pub sender_id: String,
+    pub reference_id: String,
+    pub payee_fa: Option<String>,
+    pub payee_id_type: Option<String>,
+    pub payee_id_value: Option<String>,
+    pub amount: Money,
+    pub payee_name: Option<String>,
+    pub note: Option<String>,
+    pub meta: Option<serde_json::Value>,
+    pub status: Status,
+    pub dfsp: Option<String>,
+    pub fallbacks: Vec<String>,
+    pub dfsp_ref: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub attempts: i64,
+    pub polls: i64,
+    pub reason_code: Option<String>,
+    pub reason: Option<String>,
+    pub route_version: Option<String>,
+    pub adapter_version: Option<String>,
+    pub next_at: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One appended history entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub from: Option<Status>,
+    pub to: Status,
+    pub reason_code: Option<String>,
+    pub detail: Option<String>,
+    pub route_version: Option<String>,
+    pub adapter_version: Option<String>,
+}
+
+/// Columns a change may set besides the status. `None` leaves a column as it is.
+#[derive(Debug, Clone, Default)]
+pub struct Fields {
+    pub dfsp: Option<Option<String>>,
+    pub fallbacks: Option<Vec<String>>,
+    pub dfsp_ref: Option<String>,
+    pub idempotency_key: Option<Option<String>>,
+    pub reason_code: Option<String>,
+    pub reason: Option<String>,
+    pub route_version: Option<String>,
+    pub adapter_version: Option<String>,
+    pub next_at: Option<i64>,
+    pub lease_until: Option<i64>,
+    pub add_attempt: bool,
+    pub add_poll: bool,
+}
+
+/// A record of one HTTP exchange with a DFSP, written with the change it caused.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub dfsp: String,
+    pub kind: &'static str,
+    pub idempotency_key: Option<String>,
+    pub method: String,
+    pub url: String,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub http_status: Option<i64>,
+    pub outcome: String,
+    pub error: Option<String>,
+}
+
+/// A validated change of one payment: applied by the store only if the payment is still in
+/// `expect` (optimistic concurrency), so a cancel, a callback and a worker racing on the same
+/// payment cannot both win.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub payment_id: String,
+    pub expect: Status,
+    pub to: Status,
+    pub events: Vec<Event>,
+    pub fields: Fields,
+    pub attempt: Option<Attempt>,
+}
+
+impl Change {
+    /// Starts a change at the payment's current status; add steps with [`Change::step`].
+    pub fn from(payment: &Payment) -> Change {
+        Change::at(&payment.id, payment.status)
+    }
+
+    pub fn at(payment_id: &str, status: Status) -> Change {
+        Change {
+            payment_id: payment_id.to_string(),
+            expect: status,
+            to: status,
+            events: Vec::new(),
+            fields: Fields::default(),
+            attempt: None,
+        }
+    }
+
+    /// Moves to `to`, appending an event; rejects an illegal move.
+    pub fn step(
+        mut self,
+        to: Status,
+        reason_code: Option<&str>,
+        detail: Option<String>,
+    ) -> Result<Change, IllegalTransition> {
+        if !self.to.allows(to) {
+            return Err(IllegalTransition { from: self.to, to });
+        }
+        self.push_event(to, reason_code, detail);
+        Ok(self)
+    }
+
+    /// Puts a payment whose send surely did not execute back to `routed` (retry or fallback).
+    pub fn back_to_routed(
+        mut self,
+        _proof: NotExecuted,
+        reason_code: &str,
+        detail: Option<String>,
+    ) -> Result<Change, IllegalTransition> {
+        if !matches!(self.to, Status::Sending | Status::Unknown) {
+            return Err(IllegalTransition {
+                from: self.to,
+                to: Status::Routed,
+            });
+        }
+        self.push_event(Status::Routed, Some(reason_code), detail);
+        Ok(self)
+    }
+
+    fn push_event(&mut self, to: Status, reason_code: Option<&str>, detail: Option<String>) {
+        self.events.push(Event {
+            from: Some(self.to),
+            to,
+            reason_code: reason_code.map(str::to_string),
+            detail,
+            route_version: self.fields.route_version.clone(),
+            adapter_version: self.fields.adapter_version.clone(),
+        });
+        self.to = to;
+    }
+
+    pub fn with(mut self, f: impl FnOnce(&mut Fields)) -> Change {
+        f(&mut self.fields);
+        self
+    }
+
+    pub fn with_attempt(mut self, attempt: Attempt) -> Change {
+        self.attempt = Some(attempt);
+        self
+    }
+
+    pub fn changes_status(&self) -> bool {
+        !self.events.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_states_never_move_except_reversal() {
+        for from in Status::ALL.into_iter().filter(|s| s.is_final()) {
+            for to in Status::ALL {
+                let legal = from == Status::Succeeded && to == Status::Reversed;
+                assert_eq!(from.allows(to), legal, "{from} → {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn sending_cannot_be_cancelled_or_resent() {
+        assert!(!Status::Sending.allows(Status::Cancelled));
+        assert!(!Status::Sending.allows(Status::Sending));
+        assert!(!Status::Unknown.allows(Status::Sending));
+        assert!(!Status::Accepted.allows(Status::Cancelled));
+    }
+
+    #[test]
+    fn change_records_each_step_and_rejects_illegal_ones() {
+        let c = Change::at("p1", Status::Received)
+            .step(Status::Routed, Some("routed"), None)
+            .and_then(|c| c.step(Status::Sending, None, None))
+            .expect("legal path");
+        assert_eq!(c.expect, Status::Received);
+        assert_eq!(c.to, Status::Sending);
+        assert_eq!(c.events.len(), 2);
+        assert_eq!(c.events[1].from, Some(Status::Routed));
+
+        let err = Change::at("p1", Status::Received)
+            .step(Status::Succeeded, None, None)
+            .unwrap_err();
+        assert_eq!(err.from, Status::Received);
+        assert_eq!(err.to, Status::Succeeded);
+    }
+
+    #[test]
+    fn back_to_routed_only_from_sending_or_unknown() {
+        assert!(
+            Change::at("p", Status::Sending)
+                .back_to_routed(NotExecuted, "retry", None)
+                .is_ok()
+        );
+        assert!(
+            Change::at("p", Status::Unknown)
+                .back_to_routed(NotExecuted, "fallback", None)
+                .is_ok()
+        );
+        assert!(
+            Change::at("p", Status::Accepted)
+                .back_to_routed(NotExecuted, "x", None)
+                .is_err()
+        );
+        assert!(
+            Change::at("p", Status::Succeeded)
+                .back_to_routed(NotExecuted, "x", None)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn external_views() {
+        assert_eq!(Status::Accepted.g2p_connect(), "pdng");
+        assert_eq!(Status::Succeeded.legacy_pil(), "COMPLETED");
+        assert_eq!(Status::parse("unknown"), Some(Status::Unknown));
+        assert_eq!(Status::parse("bogus"), None);
+    }
+}

@@ -1,0 +1,114 @@
+//! Routing: runs `rules/routing.rhai` `route(payment, ctx)` and turns its answer into a
+//! [`Decision`]: an ordered list of DFSP ids (first choice, then fallbacks) or a rejection.
+//! It also builds the `ctx.dfsps` view the rules read (availability, currencies, limits).
+//! It decides; it does not store or send anything.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rhai::{Array, Dynamic, Map};
+
+use crate::executor::DfspClient;
+use crate::script::{map_str, Bundle, ScriptError};
+
+/// The scripts in force plus one HTTP client per adapter, swapped together.
+#[derive(Debug)]
+pub struct Live {
+    pub bundle: Arc<Bundle>,
+    pub clients: BTreeMap<String, Arc<DfspClient>>,
+}
+
+impl Live {
+    pub fn new(bundle: Bundle) -> Result<Live, crate::executor::ExecutorError> {
+        let mut clients = BTreeMap::new();
+        for (id, adapter) in &bundle.adapters {
+            clients.insert(id.clone(), Arc::new(DfspClient::new(adapter.config.clone())?));
+        }
+        Ok(Live {
+            bundle: Arc::new(bundle),
+            clients,
+        })
+    }
+
+    /// `ctx` for `route`: `#{now, dfsps: #{<id>: #{available, in_flight, max_in_flight,
+    /// currencies, max_amount, name}}}`.
+    pub fn routing_ctx(&self, now: i64) -> Dynamic {
+        let mut dfsps = Map::new();
+        for (id, adapter) in &self.bundle.adapters {
+            let caps = &adapter.config.capabilities;
+            let in_flight = self.clients.get(id).map_or(0, |c| c.in_flight());
+            let mut d = Map::new();
+            d.insert("available".into(), Dynamic::TRUE);
+            d.insert("name".into(), adapter.config.name.clone().into());
+            d.insert("in_flight".into(), Dynamic::from_int(in_flight as i64));
+            d.insert(
+                "max_in_flight".into(),
+                Dynamic::from_int(adapter.config.max_in_flight as i64),
+            );
+            d.insert(
+                "currencies".into(),
+                Dynamic::from_array(
+                    caps.currencies
+                        .iter()
+                        .map(|c| Dynamic::from(c.clone()))
+                        .collect::<Array>(),
+                ),
+            );
+            d.insert(
+                "max_amount".into(),
+                caps.max_amount.map_or(Dynamic::UNIT, Dynamic::from_decimal),
+            );
+            dfsps.insert(id.as_str().into(), Dynamic::from_map(d));
+        }
+        let mut ctx = Map::new();
+        ctx.insert("now".into(), Dynamic::from_int(now));
+        ctx.insert("dfsps".into(), Dynamic::from_map(dfsps));
+        Dynamic::from_map(ctx)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// First choice, then fallbacks, in order. Never empty.
+    Dfsps(Vec<String>),
+    Reject { code: String, message: String },
+}
+
+/// Runs the routing rules for one payment (given as its script map).
+pub fn route(bundle: &Bundle, payment: Dynamic, ctx: Dynamic) -> Result<Decision, ScriptError> {
+    let script = &bundle.routing;
+    let out = script.call(&bundle.engine, "route", (payment, ctx))?;
+    let fail = |message: String| ScriptError {
+        file: script.file.clone(),
+        line: 1,
+        column: 1,
+        message,
+    };
+    let ids: Vec<String> = if out.is_string() {
+        vec![out.to_string()]
+    } else if out.is_array() {
+        let arr = out.read_lock::<Array>().ok_or_else(|| fail("route: array is locked".into()))?;
+        arr.iter().map(|v| v.to_string()).collect()
+    } else if out.is_map() {
+        let map = out.read_lock::<Map>().ok_or_else(|| fail("route: map is locked".into()))?;
+        let code = map_str(&map, "reject").ok_or_else(|| {
+            fail("route: a map result must have 'reject' (a reason code)".into())
+        })?;
+        return Ok(Decision::Reject {
+            message: map_str(&map, "message").unwrap_or_else(|| code.clone()),
+            code,
+        });
+    } else {
+        return Err(fail(format!(
+            "route must return a DFSP id, an array of ids or #{{reject, message}}; got {}",
+            out.type_name()
+        )));
+    };
+    if ids.is_empty() {
+        return Err(fail("route returned no DFSP".into()));
+    }
+    if let Some(unknown) = ids.iter().find(|id| !bundle.adapters.contains_key(id.as_str())) {
+        return Err(fail(format!("route returned unknown DFSP '{unknown}'")));
+    }
+    Ok(Decision::Dfsps(ids))
+}

@@ -1,0 +1,158 @@
+//! Exact conversions between Rust values and Rhai values. Amounts cross as `Decimal` through
+//! `Dynamic::from_decimal` / `as_decimal`, never through Rhai's serde bridge (which turns a
+//! Decimal into a string or an f64). JSON numbers keep their exact text (serde_json's
+//! `arbitrary_precision`): integers become `INT`, the rest `Decimal`.
+
+use std::str::FromStr;
+
+use rhai::{Array, Dynamic, ImmutableString, Map};
+use rust_decimal::Decimal;
+
+use crate::address::FinancialAddress;
+use crate::payment::Payment;
+
+pub fn str_or_unit(s: Option<&str>) -> Dynamic {
+    s.map_or(Dynamic::UNIT, |s| Dynamic::from(ImmutableString::from(s)))
+}
+
+/// The payment as scripts see it (DESIGN.md "Script contracts").
+pub fn payment_map(p: &Payment, attributes: Option<&serde_json::Value>) -> Map {
+    let mut m = Map::new();
+    m.insert("id".into(), p.id.clone().into());
+    m.insert("reference_id".into(), p.reference_id.clone().into());
+    m.insert("batch_id".into(), p.batch_id.clone().into());
+    m.insert("sender_id".into(), p.sender_id.clone().into());
+    m.insert("program".into(), p.sender_id.clone().into());
+    m.insert("payee_fa".into(), str_or_unit(p.payee_fa.as_deref()));
+    let fa = p
+        .payee_fa
+        .as_deref()
+        .and_then(|s| FinancialAddress::parse(s).ok())
+        .map_or(Dynamic::UNIT, |fa| {
+            let mut f = Map::new();
+            f.insert("scheme".into(), fa.scheme.into());
+            f.insert("id".into(), fa.id.into());
+            f.insert("provider".into(), fa.provider.into());
+            Dynamic::from_map(f)
+        });
+    m.insert("fa".into(), fa);
+    m.insert("payee_id_type".into(), str_or_unit(p.payee_id_type.as_deref()));
+    m.insert(
+        "payee_id_value".into(),
+        str_or_unit(p.payee_id_value.as_deref()),
+    );
+    m.insert(
+        "amount".into(),
+        Dynamic::from_decimal(p.amount.to_decimal()),
+    );
+    m.insert("amount_minor".into(), Dynamic::from_int(p.amount.minor()));
+    m.insert("currency".into(), p.amount.currency().code().into());
+    m.insert(
+        "minor_units".into(),
+        Dynamic::from_int(i64::from(p.amount.currency().minor_units())),
+    );
+    m.insert("payee_name".into(), str_or_unit(p.payee_name.as_deref()));
+    m.insert("note".into(), str_or_unit(p.note.as_deref()));
+    m.insert(
+        "meta".into(),
+        p.meta.as_ref().map_or(Dynamic::UNIT, json_to_dynamic),
+    );
+    m.insert(
+        "attributes".into(),
+        attributes.map_or_else(|| Dynamic::from_map(Map::new()), json_to_dynamic),
+    );
+    m.insert("dfsp".into(), str_or_unit(p.dfsp.as_deref()));
+    m.insert("dfsp_ref".into(), str_or_unit(p.dfsp_ref.as_deref()));
+    m.insert(
+        "idempotency_key".into(),
+        str_or_unit(p.idempotency_key.as_deref()),
+    );
+    m.insert("attempts".into(), Dynamic::from_int(p.attempts));
+    m
+}
+
+pub fn json_to_dynamic(v: &serde_json::Value) -> Dynamic {
+    use serde_json::Value;
+    match v {
+        Value::Null => Dynamic::UNIT,
+        Value::Bool(b) => Dynamic::from_bool(*b),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                return Dynamic::from_int(i);
+            }
+            let text = n.to_string();
+            Decimal::from_str(&text)
+                .or_else(|_| Decimal::from_scientific(&text))
+                .map_or_else(|_| Dynamic::from(text), Dynamic::from_decimal)
+        }
+        Value::String(s) => Dynamic::from(s.clone()),
+        Value::Array(a) => Dynamic::from_array(a.iter().map(json_to_dynamic).collect::<Array>()),
+        Value::Object(o) => Dynamic::from_map(
+            o.iter()
+                .map(|(k, v)| (k.as_str().into(), json_to_dynamic(v)))
+                .collect::<Map>(),
+        ),
+    }
+}
+
+/// Converts a script value to JSON. Decimals become JSON numbers with their exact digits.
+pub fn dynamic_to_json(d: &Dynamic) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    if d.is_unit() {
+        return Ok(Value::Null);
+    }
+    if let Ok(b) = d.as_bool() {
+        return Ok(Value::Bool(b));
+    }
+    if let Ok(i) = d.as_int() {
+        return Ok(Value::from(i));
+    }
+    if let Ok(dec) = d.as_decimal() {
+        return serde_json::Number::from_str(&dec.to_string())
+            .map(Value::Number)
+            .map_err(|e| format!("decimal {dec} is not a JSON number: {e}"));
+    }
+    if d.is_string() {
+        return Ok(Value::String(d.to_string()));
+    }
+    if d.is_array() {
+        let arr = d.read_lock::<Array>().ok_or("array is locked")?;
+        return arr.iter().map(dynamic_to_json).collect::<Result<_, _>>().map(Value::Array);
+    }
+    if d.is_map() {
+        let map = d.read_lock::<Map>().ok_or("map is locked")?;
+        let mut out = serde_json::Map::with_capacity(map.len());
+        for (k, v) in map.iter() {
+            out.insert(k.to_string(), dynamic_to_json(v)?);
+        }
+        return Ok(Value::Object(out));
+    }
+    Err(format!("a {} cannot be sent as JSON", d.type_name()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_numbers_keep_exact_digits() {
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"a": 12345678901234.5678, "b": 0.10, "c": 7}"#).expect("json");
+        let d = json_to_dynamic(&v);
+        let m = d.read_lock::<Map>().expect("map").clone();
+        assert_eq!(
+            m["a"].as_decimal().expect("decimal").to_string(),
+            "12345678901234.5678"
+        );
+        assert_eq!(m["b"].as_decimal().expect("decimal").to_string(), "0.10");
+        assert_eq!(m["c"].as_int().expect("int"), 7);
+        let back = dynamic_to_json(&d).expect("json");
+        assert_eq!(back.to_string(), r#"{"a":12345678901234.5678,"b":0.10,"c":7}"#);
+    }
+
+    #[test]
+    fn functions_cannot_become_json() {
+        let f = Dynamic::from(rhai::FnPtr::new("x").expect("fn ptr"));
+        assert!(dynamic_to_json(&f).is_err());
+    }
+}

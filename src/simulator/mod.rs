@@ -1,0 +1,592 @@
+//! Built-in fake of two real DFSP APIs (MTN MoMo Disbursement and the Mojaloop SDK scheme
+//! adapter outbound API), served over loopback HTTP for tests, demos and benchmarks.
+//!
+//! Behaviour is deterministic by payee id (see [`trigger`]) and every submission and real
+//! execution is counted per payment reference so tests can prove nothing was paid twice.
+
+mod mojaloop;
+mod mtn;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Runtime knobs of the simulator. Missing fields take their default when deserialized.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SimConfig {
+    /// Added before answering each business request.
+    pub latency_ms: u64,
+    /// Fraction of submissions answered HTTP 500 without executing.
+    pub failure_rate: f64,
+    /// Fraction of submissions answered HTTP 429 without executing.
+    pub rate_429: f64,
+    /// Fraction of submissions executed but answered only after `hang_ms`.
+    pub timeout_rate: f64,
+    pub hang_ms: u64,
+    /// Fraction of callbacks silently not sent.
+    pub callback_loss_rate: f64,
+    /// Fraction of callbacks sent twice.
+    pub callback_dup_rate: f64,
+    /// Delay before an asynchronous outcome / callback.
+    pub callback_delay_ms: u64,
+    /// Seed of the random generator behind the probability knobs.
+    pub seed: u64,
+    /// MTN access token lifetime in seconds.
+    pub token_ttl_s: u64,
+    pub mtn_api_user: String,
+    pub mtn_api_key: String,
+    pub mtn_subscription_key: String,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            latency_ms: 0,
+            failure_rate: 0.0,
+            rate_429: 0.0,
+            timeout_rate: 0.0,
+            hang_ms: 30_000,
+            callback_loss_rate: 0.0,
+            callback_dup_rate: 0.0,
+            callback_delay_ms: 20,
+            seed: 42,
+            token_ttl_s: 3600,
+            mtn_api_user: "pil-sim-user".to_owned(),
+            mtn_api_key: "pil-sim-key".to_owned(),
+            mtn_subscription_key: "pil-sim-subscription".to_owned(),
+        }
+    }
+}
+
+/// Counters, keyed by the payment's own reference (MTN `externalId`, Mojaloop `homeTransactionId`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SimStats {
+    /// Submission requests received (including deduplicated resends, 429s and 500s).
+    pub submissions: BTreeMap<String, u64>,
+    /// Transfers really made (money moved).
+    pub executed: BTreeMap<String, u64>,
+    /// All HTTP requests received.
+    pub requests: u64,
+    pub callbacks_sent: u64,
+    pub callbacks_lost: u64,
+    pub status_queries: u64,
+}
+
+/// The DFSP whose behaviour [`expected_outcome`] describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dfsp {
+    MtnMomo,
+    MojaloopSdk,
+}
+
+/// What PIL should end with for a payee.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    Succeeded,
+    /// Failed with this DFSP reason code.
+    Failed(&'static str),
+    /// Never final.
+    Pending,
+    /// PIL cannot learn the outcome.
+    Unknown,
+}
+
+/// Deterministic behaviour selected by the payee id suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// 450
+    InternalError,
+    /// 451
+    ApprovalRejected,
+    /// 452
+    Expired,
+    /// 453
+    PendingForever,
+    /// 454
+    SlowSuccess,
+    /// 455
+    PayerNotFound,
+    /// 456
+    PayeeNotAllowed,
+    /// 457
+    NotAllowed,
+    /// 460
+    InvalidCurrency,
+    /// 461
+    ProcessingError,
+    /// 470
+    Timeout,
+    /// 471
+    CallbackLost,
+    /// 472
+    CallbackDuplicated,
+    /// 473
+    CallbackBeforeResponse,
+    /// 474
+    RateLimitedOnce,
+    /// 475
+    PayeeNotFound,
+    /// 476
+    NotEnoughFunds,
+}
+
+const TRIGGERS: [(&str, Trigger); 17] = [
+    ("450", Trigger::InternalError),
+    ("451", Trigger::ApprovalRejected),
+    ("452", Trigger::Expired),
+    ("453", Trigger::PendingForever),
+    ("454", Trigger::SlowSuccess),
+    ("455", Trigger::PayerNotFound),
+    ("456", Trigger::PayeeNotAllowed),
+    ("457", Trigger::NotAllowed),
+    ("460", Trigger::InvalidCurrency),
+    ("461", Trigger::ProcessingError),
+    ("470", Trigger::Timeout),
+    ("471", Trigger::CallbackLost),
+    ("472", Trigger::CallbackDuplicated),
+    ("473", Trigger::CallbackBeforeResponse),
+    ("474", Trigger::RateLimitedOnce),
+    ("475", Trigger::PayeeNotFound),
+    ("476", Trigger::NotEnoughFunds),
+];
+
+impl Trigger {
+    /// The three-digit payee suffix selecting this trigger.
+    pub fn suffix(self) -> &'static str {
+        TRIGGERS
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map_or("", |(s, _)| s)
+    }
+
+    /// MTN: reason code of the asynchronous FAILED outcome.
+    pub fn mtn_failure(self) -> Option<&'static str> {
+        match self {
+            Self::InternalError | Self::ProcessingError => Some("INTERNAL_PROCESSING_ERROR"),
+            Self::ApprovalRejected => Some("APPROVAL_REJECTED"),
+            Self::Expired => Some("EXPIRED"),
+            Self::PayerNotFound => Some("PAYER_NOT_FOUND"),
+            Self::PayeeNotAllowed => Some("PAYEE_NOT_ALLOWED_TO_RECEIVE"),
+            Self::PayeeNotFound => Some("PAYEE_NOT_FOUND"),
+            Self::NotEnoughFunds => Some("NOT_ENOUGH_FUNDS"),
+            _ => None,
+        }
+    }
+
+    /// MTN: error code of the synchronous HTTP 500 rejection at submission.
+    pub fn mtn_rejection(self) -> Option<&'static str> {
+        match self {
+            Self::NotAllowed => Some("NOT_ALLOWED"),
+            Self::InvalidCurrency => Some("INVALID_CURRENCY"),
+            _ => None,
+        }
+    }
+
+    /// Mojaloop: `errorCode` of the HTTP 500 errorTransferResponse.
+    pub fn mojaloop_error(self) -> Option<&'static str> {
+        match self {
+            Self::InternalError | Self::ProcessingError => Some("2001"),
+            Self::ApprovalRejected => Some("5104"),
+            Self::Expired => Some("3303"),
+            Self::PayerNotFound => Some("4000"),
+            Self::PayeeNotAllowed => Some("5100"),
+            Self::PayeeNotFound => Some("3204"),
+            Self::NotEnoughFunds => Some("4001"),
+            _ => None,
+        }
+    }
+}
+
+/// The trigger for a payee id: only ids of exactly 11 digits starting with "46733123".
+pub fn trigger(payee_id: &str) -> Option<Trigger> {
+    if payee_id.len() != 11
+        || !payee_id.bytes().all(|b| b.is_ascii_digit())
+        || !payee_id.starts_with("46733123")
+    {
+        return None;
+    }
+    let suffix = &payee_id[8..];
+    TRIGGERS.iter().find(|(s, _)| *s == suffix).map(|(_, t)| *t)
+}
+
+/// What PIL should end with for a payee at a DFSP.
+pub fn expected_outcome(dfsp: Dfsp, payee_id: &str) -> Expected {
+    let Some(t) = trigger(payee_id) else {
+        return Expected::Succeeded;
+    };
+    match dfsp {
+        Dfsp::MtnMomo if t == Trigger::PendingForever => Expected::Pending,
+        Dfsp::MtnMomo => t
+            .mtn_failure()
+            .or(t.mtn_rejection())
+            .map_or(Expected::Succeeded, Expected::Failed),
+        Dfsp::MojaloopSdk if t == Trigger::Timeout => Expected::Unknown,
+        Dfsp::MojaloopSdk if t.mtn_rejection().is_some() => Expected::Failed("3100"),
+        Dfsp::MojaloopSdk => t
+            .mojaloop_error()
+            .map_or(Expected::Succeeded, Expected::Failed),
+    }
+}
+
+/// Random misbehaviour drawn for a submission whose payee has no trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chaos {
+    None,
+    Fail500,
+    Throttle429,
+    Timeout,
+}
+
+struct Inner {
+    config: Mutex<SimConfig>,
+    rng: Mutex<fastrand::Rng>,
+    stats: Mutex<SimStats>,
+    /// Bumped on reset so that background tasks of a previous run do nothing.
+    generation: AtomicU64,
+    mtn: Mutex<mtn::MtnState>,
+    mojaloop: Mutex<mojaloop::MojaState>,
+    client: reqwest::Client,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
+    *map.entry(key.to_owned()).or_default() += 1;
+}
+
+/// The simulator: cheap to clone, all clones share state.
+#[derive(Clone)]
+pub struct Simulator {
+    inner: Arc<Inner>,
+}
+
+impl Simulator {
+    pub fn new(config: SimConfig) -> Self {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Self {
+            inner: Arc::new(Inner {
+                rng: Mutex::new(fastrand::Rng::with_seed(config.seed)),
+                config: Mutex::new(config),
+                stats: Mutex::new(SimStats::default()),
+                generation: AtomicU64::new(0),
+                mtn: Mutex::new(mtn::MtnState::default()),
+                mojaloop: Mutex::new(mojaloop::MojaState::default()),
+                client,
+            }),
+        }
+    }
+
+    /// All routes (MTN, Mojaloop and `/_sim/*`), state applied.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/_sim/stats", get(get_stats))
+            .route("/_sim/config", get(get_config).put(put_config))
+            .route("/_sim/reset", post(reset))
+            .merge(mtn::routes())
+            .merge(mojaloop::routes())
+            .layer(middleware::from_fn_with_state(self.clone(), count_request))
+            .with_state(self.clone())
+    }
+
+    /// Snapshot of the counters.
+    pub fn stats(&self) -> SimStats {
+        lock(&self.inner.stats).clone()
+    }
+
+    /// Replace the configuration; the random generator is reseeded from `config.seed`.
+    pub fn set_config(&self, config: SimConfig) {
+        *lock(&self.inner.rng) = fastrand::Rng::with_seed(config.seed);
+        *lock(&self.inner.config) = config;
+    }
+
+    /// Clear counters, transfers, tokens; reseed the random generator.
+    pub fn reset(&self) {
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        *lock(&self.inner.mtn) = mtn::MtnState::default();
+        *lock(&self.inner.mojaloop) = mojaloop::MojaState::default();
+        *lock(&self.inner.stats) = SimStats::default();
+        let seed = self.config().seed;
+        *lock(&self.inner.rng) = fastrand::Rng::with_seed(seed);
+    }
+
+    fn config(&self) -> SimConfig {
+        lock(&self.inner.config).clone()
+    }
+
+    fn with_stats(&self, f: impl FnOnce(&mut SimStats)) {
+        f(&mut lock(&self.inner.stats));
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::SeqCst)
+    }
+
+    fn roll(&self) -> f64 {
+        lock(&self.inner.rng).f64()
+    }
+
+    /// Draw the random misbehaviour for a submission (only for payees without a trigger).
+    fn chaos(&self, trig: Option<Trigger>, cfg: &SimConfig) -> Chaos {
+        if trig.is_some() {
+            return Chaos::None;
+        }
+        let r = self.roll();
+        let mut edge = cfg.failure_rate;
+        if r < edge {
+            return Chaos::Fail500;
+        }
+        edge += cfg.rate_429;
+        if r < edge {
+            return Chaos::Throttle429;
+        }
+        edge += cfg.timeout_rate;
+        if r < edge {
+            return Chaos::Timeout;
+        }
+        Chaos::None
+    }
+
+    async fn latency(&self) {
+        let ms = lock(&self.inner.config).latency_ms;
+        sleep_ms(ms).await;
+    }
+}
+
+async fn sleep_ms(ms: u64) {
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+async fn count_request(State(sim): State<Simulator>, req: Request, next: Next) -> Response {
+    sim.with_stats(|s| s.requests += 1);
+    next.run(req).await
+}
+
+async fn get_stats(State(sim): State<Simulator>) -> Json<SimStats> {
+    Json(sim.stats())
+}
+
+async fn get_config(State(sim): State<Simulator>) -> Json<SimConfig> {
+    Json(sim.config())
+}
+
+async fn put_config(State(sim): State<Simulator>, body: Bytes) -> Response {
+    match serde_json::from_slice::<SimConfig>(&body) {
+        Ok(cfg) => {
+            sim.set_config(cfg);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": format!("invalid config: {e}")}),
+        ),
+    }
+}
+
+async fn reset(State(sim): State<Simulator>) -> StatusCode {
+    sim.reset();
+    StatusCode::NO_CONTENT
+}
+
+/// A simulator serving on a socket; the server task is aborted on drop.
+pub struct RunningSimulator {
+    pub addr: SocketAddr,
+    pub simulator: Simulator,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningSimulator {
+    /// `http://127.0.0.1:PORT` (loopback when bound to an unspecified address).
+    pub fn base_url(&self) -> String {
+        let ip = match self.addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!("http://{}", SocketAddr::new(ip, self.addr.port()))
+    }
+}
+
+impl Drop for RunningSimulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Bind `addr` (port 0 allowed) and serve the simulator in a tokio task.
+pub async fn spawn(config: SimConfig, addr: SocketAddr) -> std::io::Result<RunningSimulator> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let simulator = Simulator::new(config);
+    let app = simulator.router();
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "simulator server stopped");
+        }
+    });
+    tracing::info!(%addr, "DFSP simulator listening");
+    Ok(RunningSimulator {
+        addr,
+        simulator,
+        task,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_parsing() {
+        assert_eq!(trigger("46733123451"), Some(Trigger::ApprovalRejected));
+        assert_eq!(trigger("46733123476"), Some(Trigger::NotEnoughFunds));
+        assert_eq!(trigger("46733123400"), None);
+        assert_eq!(trigger("4673312345"), None);
+        assert_eq!(trigger("467331234510"), None);
+        assert_eq!(trigger("46733124451"), None);
+        assert_eq!(trigger("4673312345a"), None);
+        for (suffix, t) in TRIGGERS {
+            assert_eq!(t.suffix(), suffix);
+            assert_eq!(trigger(&format!("46733123{suffix}")), Some(t));
+        }
+    }
+
+    #[test]
+    fn expected_outcome_table() {
+        use Dfsp::*;
+        use Expected::*;
+        assert_eq!(expected_outcome(MtnMomo, "46733123000"), Succeeded);
+        assert_eq!(expected_outcome(MtnMomo, "250788000001"), Succeeded);
+        assert_eq!(
+            expected_outcome(MtnMomo, "46733123450"),
+            Failed("INTERNAL_PROCESSING_ERROR")
+        );
+        assert_eq!(expected_outcome(MtnMomo, "46733123453"), Pending);
+        for s in ["454", "470", "471", "472", "473", "474"] {
+            assert_eq!(
+                expected_outcome(MtnMomo, &format!("46733123{s}")),
+                Succeeded
+            );
+        }
+        assert_eq!(
+            expected_outcome(MtnMomo, "46733123457"),
+            Failed("NOT_ALLOWED")
+        );
+        assert_eq!(
+            expected_outcome(MtnMomo, "46733123460"),
+            Failed("INVALID_CURRENCY")
+        );
+        assert_eq!(
+            expected_outcome(MtnMomo, "46733123456"),
+            Failed("PAYEE_NOT_ALLOWED_TO_RECEIVE")
+        );
+        assert_eq!(expected_outcome(MojaloopSdk, "46733123451"), Failed("5104"));
+        assert_eq!(expected_outcome(MojaloopSdk, "46733123457"), Failed("3100"));
+        assert_eq!(expected_outcome(MojaloopSdk, "46733123460"), Failed("3100"));
+        assert_eq!(expected_outcome(MojaloopSdk, "46733123470"), Unknown);
+        assert_eq!(expected_outcome(MojaloopSdk, "46733123453"), Succeeded);
+        assert_eq!(expected_outcome(MojaloopSdk, "46733123476"), Failed("4001"));
+        assert_eq!(expected_outcome(MojaloopSdk, "46733123000"), Succeeded);
+    }
+
+    #[tokio::test]
+    async fn control_endpoints_and_stats_shape() {
+        let sim = spawn(SimConfig::default(), "127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("spawn");
+        let base = sim.base_url();
+        assert!(base.starts_with("http://127.0.0.1:"));
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+
+        let stats: Value = http
+            .get(format!("{base}/_sim/stats"))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("json");
+        let mut keys: Vec<&str> = stats
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "callbacks_lost",
+                "callbacks_sent",
+                "executed",
+                "requests",
+                "status_queries",
+                "submissions"
+            ]
+        );
+        assert!(stats["submissions"].is_object() && stats["executed"].is_object());
+        assert_eq!(stats["requests"], json!(1));
+
+        let r = http
+            .put(format!("{base}/_sim/config"))
+            .json(&json!({"latency_ms": 5, "failure_rate": 0.25}))
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(r.status(), 204);
+        let cfg: SimConfig = http
+            .get(format!("{base}/_sim/config"))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(cfg.latency_ms, 5);
+        assert_eq!(cfg.failure_rate, 0.25);
+        assert_eq!(cfg.hang_ms, 30_000);
+        assert_eq!(cfg.mtn_api_user, "pil-sim-user");
+        let r = http
+            .put(format!("{base}/_sim/config"))
+            .body("not json")
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(r.status(), 400);
+
+        let r = http
+            .post(format!("{base}/_sim/reset"))
+            .send()
+            .await
+            .expect("reset");
+        assert_eq!(r.status(), 204);
+        assert_eq!(sim.simulator.stats().requests, 0);
+    }
+}

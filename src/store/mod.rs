@@ -1,0 +1,258 @@
+//! Durable storage: one interface ([`Store`]) for batches, payments, their append-only history,
+//! dispatch attempts and raw DFSP callbacks, with one implementation per database. Callers
+//! never see SQL or database-specific behaviour. The store applies [`Change`]s built by the
+//! state machine; it never decides a status itself.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::payment::{Attempt, Change, Event, Payment, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("unsupported database url '{0}': expected sqlite:...")]
+    UnsupportedUrl(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A batch to insert, with its payments, as validated by ingest.
+#[derive(Debug, Clone)]
+pub struct NewBatch {
+    pub id: String,
+    pub sender_id: String,
+    pub batch_id: String,
+    pub request_hash: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewPayment {
+    pub id: String,
+    pub reference_id: String,
+    pub payee_fa: Option<String>,
+    pub payee_id_type: Option<String>,
+    pub payee_id_value: Option<String>,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub payee_name: Option<String>,
+    pub note: Option<String>,
+    pub meta: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRecord {
+    pub id: String,
+    pub sender_id: String,
+    pub batch_id: String,
+    pub request_hash: String,
+    pub payment_count: i64,
+    pub created_at: i64,
+}
+
+/// What inserting a batch did. Nothing is written unless it is `Created`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchInsert {
+    Created(BatchRecord),
+    /// The same `(sender_id, batch_id)` with the same content: an idempotent replay.
+    Replayed(BatchRecord),
+    /// The same `(sender_id, batch_id)` with different content.
+    Conflict(BatchRecord),
+    /// These reference ids already exist for the sender.
+    DuplicateReferences(Vec<String>),
+}
+
+/// Count and total per status and currency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusTotal {
+    pub status: Status,
+    pub currency: String,
+    pub count: i64,
+    pub amount_minor: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub at: i64,
+    pub event: Event,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredAttempt {
+    pub at: i64,
+    pub attempt: Attempt,
+}
+
+/// Which payments a worker claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// `received` and `routed` payments due to be (re)sent.
+    Dispatch,
+    /// `accepted` and `unknown` payments due for a status query.
+    Poll,
+}
+
+/// How a callback names its payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Id(String),
+    DfspRef { dfsp: String, dfsp_ref: String },
+    Reference { sender_id: Option<String>, reference_id: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct RawCallback {
+    pub dfsp: String,
+    pub method: String,
+    pub path: String,
+    pub headers: serde_json::Value,
+    pub body: Vec<u8>,
+    pub received_at: i64,
+}
+
+/// What happened to each change of an [`Store::apply`] call, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Done,
+    /// The payment was no longer in the expected status: someone else moved it first.
+    Stale,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts a batch and all its payments in one transaction, or nothing.
+    async fn insert_batch(
+        &self,
+        batch: &NewBatch,
+        payments: &[NewPayment],
+    ) -> StoreResult<BatchInsert>;
+    async fn get_batch(&self, id: &str) -> StoreResult<Option<BatchRecord>>;
+    async fn batch_totals(&self, batch_id: &str) -> StoreResult<Vec<StatusTotal>>;
+    /// Payments of a batch ordered by id, after `cursor` (an id), optionally of one status.
+    async fn batch_payments(
+        &self,
+        batch_id: &str,
+        status: Option<Status>,
+        cursor: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<Payment>>;
+    async fn get_payment(&self, id: &str) -> StoreResult<Option<Payment>>;
+    async fn find_payment(&self, lookup: &Lookup) -> StoreResult<Option<Payment>>;
+    async fn payment_events(&self, payment_id: &str) -> StoreResult<Vec<StoredEvent>>;
+    async fn payment_attempts(&self, payment_id: &str) -> StoreResult<Vec<StoredAttempt>>;
+    /// Leases up to `limit` due payments until `lease_until`; a payment leased by someone
+    /// else is not returned until its lease expires.
+    async fn claim(
+        &self,
+        kind: Claim,
+        now: i64,
+        limit: i64,
+        lease_until: i64,
+        owner: &str,
+    ) -> StoreResult<Vec<Payment>>;
+    /// Applies changes in one transaction; each only if its payment is still in `expect`.
+    async fn apply(&self, changes: &[Change], now: i64) -> StoreResult<Vec<Applied>>;
+    /// Payments left in `sending` whose outcome nobody will learn from the request: those
+    /// whose lease expired, and, when `restarted_owner` is given (an instance starting up),
+    /// those that instance held before it stopped. They move to `unknown` (to be looked up,
+    /// never resent blindly); other leases of a restarted owner are released. Returns how
+    /// many payments moved to `unknown`.
+    async fn recover_sending(&self, now: i64, restarted_owner: Option<&str>) -> StoreResult<u64>;
+    async fn insert_callback(&self, callback: &RawCallback) -> StoreResult<i64>;
+    async fn finish_callback(
+        &self,
+        id: i64,
+        payment_id: Option<&str>,
+        outcome: &str,
+        now: i64,
+    ) -> StoreResult<()>;
+    /// Counts per status across all payments (for the demo and readiness).
+    async fn status_counts(&self) -> StoreResult<Vec<(Status, i64)>>;
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// Opens the store named by a database URL and applies its migrations.
+pub async fn open(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_string()))
+    }
+}
+
+/// Group commit: every `apply` from dispatch workers, the poller and callback handlers goes
+/// through one task that merges whatever is waiting into a single transaction. With
+/// `synchronous=FULL` each commit costs an fsync, so this turns many small commits into few
+/// large ones without weakening durability: a caller's `apply` returns only after its
+/// changes are committed.
+#[derive(Clone)]
+pub struct Writer {
+    tx: tokio::sync::mpsc::Sender<WriteJob>,
+}
+
+struct WriteJob {
+    changes: Vec<Change>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<Applied>, String>>,
+}
+
+/// Upper bound on changes merged into one transaction.
+const MAX_GROUP: usize = 4_000;
+
+impl Writer {
+    pub fn start(store: std::sync::Arc<dyn Store>) -> Writer {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<WriteJob>(1_024);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut jobs = vec![first];
+                let mut size = jobs[0].changes.len();
+                while size < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(job) => {
+                            size += job.changes.len();
+                            jobs.push(job);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let all: Vec<Change> = jobs.iter().flat_map(|j| j.changes.iter().cloned()).collect();
+                let result = store.apply(&all, crate::clock::now_ms()).await;
+                match result {
+                    Ok(applied) => {
+                        let mut it = applied.into_iter();
+                        for job in jobs {
+                            let mine: Vec<Applied> = it.by_ref().take(job.changes.len()).collect();
+                            let _ = job.reply.send(Ok(mine));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "group write failed");
+                        for job in jobs {
+                            let _ = job.reply.send(Err(e.to_string()));
+                        }
+                    }
+                }
+            }
+        });
+        Writer { tx }
+    }
+
+    /// Applies changes durably (see [`Store::apply`]); returns once committed.
+    pub async fn apply(&self, changes: Vec<Change>) -> Result<Vec<Applied>, String> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(WriteJob { changes, reply })
+            .await
+            .map_err(|_| "writer stopped".to_string())?;
+        rx.await.map_err(|_| "writer stopped".to_string())?
+    }
+}

@@ -1,0 +1,667 @@
+//! The embedded store: SQLite in WAL mode with `synchronous=FULL` (a lost `sending` mark after a
+//! power cut would mean a second payment). All writes go through one connection, so there is
+//! no lock-upgrade contention; throughput comes from grouping each claimed group's writes in
+//! one transaction. Reads use a separate pool and never wait for writers.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{
+    Applied, BatchInsert, BatchRecord, Claim, Lookup, NewBatch, NewPayment, RawCallback,
+    StatusTotal, Store, StoreError, StoreResult, StoredAttempt, StoredEvent,
+};
+use crate::money::{Currency, Money};
+use crate::payment::{Attempt, Change, Event, Payment, Status};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+const PAYMENT_COLUMNS: &str = "id, batch_id, seq, sender_id, reference_id, payee_fa, \
+    payee_id_type, payee_id_value, amount_minor, currency, payee_name, note, meta, status, dfsp, \
+    fallbacks, dfsp_ref, idempotency_key, attempts, polls, reason_code, reason, route_version, \
+    adapter_version, next_at, created_at, updated_at";
+
+/// Rows per multi-row INSERT when storing a batch (17 parameters each, well under SQLite's limit).
+const INSERT_CHUNK: usize = 400;
+
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str) -> StoreResult<SqliteStore> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        if let Some(parent) = Path::new(options.get_filename()).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Database(e.into()))?;
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR.run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(SqliteStore { writer, reader })
+    }
+}
+
+fn status_of(text: &str) -> StoreResult<Status> {
+    Status::parse(text).ok_or_else(|| StoreError::Corrupt(format!("unknown status '{text}'")))
+}
+
+fn payment_from_row(row: &SqliteRow) -> StoreResult<Payment> {
+    let currency: String = row.try_get("currency")?;
+    let currency = Currency::from_code(&currency)
+        .map_err(|e| StoreError::Corrupt(format!("payment currency: {e}")))?;
+    let meta: Option<String> = row.try_get("meta")?;
+    let meta = match meta {
+        Some(text) => Some(
+            serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("payment meta: {e}")))?,
+        ),
+        None => None,
+    };
+    let fallbacks: String = row.try_get("fallbacks")?;
+    let fallbacks = serde_json::from_str(&fallbacks)
+        .map_err(|e| StoreError::Corrupt(format!("payment fallbacks: {e}")))?;
+    let status: String = row.try_get("status")?;
+    Ok(Payment {
+        id: row.try_get("id")?,
+        batch_id: row.try_get("batch_id")?,
+        seq: row.try_get("seq")?,
+        sender_id: row.try_get("sender_id")?,
+        reference_id: row.try_get("reference_id")?,
+        payee_fa: row.try_get("payee_fa")?,
+        payee_id_type: row.try_get("payee_id_type")?,
+        payee_id_value: row.try_get("payee_id_value")?,
+        amount: Money::from_minor(row.try_get("amount_minor")?, currency),
+        payee_name: row.try_get("payee_name")?,
+        note: row.try_get("note")?,
+        meta,
+        status: status_of(&status)?,
+        dfsp: row.try_get("dfsp")?,
+        fallbacks,
+        dfsp_ref: row.try_get("dfsp_ref")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        attempts: row.try_get("attempts")?,
+        polls: row.try_get("polls")?,
+        reason_code: row.try_get("reason_code")?,
+        reason: row.try_get("reason")?,
+        route_version: row.try_get("route_version")?,
+        adapter_version: row.try_get("adapter_version")?,
+        next_at: row.try_get("next_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn batch_from_row(row: &SqliteRow) -> StoreResult<BatchRecord> {
+    Ok(BatchRecord {
+        id: row.try_get("id")?,
+        sender_id: row.try_get("sender_id")?,
+        batch_id: row.try_get("batch_id")?,
+        request_hash: row.try_get("request_hash")?,
+        payment_count: row.try_get("payment_count")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn placeholders(rows: usize, cols: usize) -> String {
+    let mut sql = String::with_capacity(rows * cols * 5);
+    let mut n = 1;
+    for r in 0..rows {
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                sql.push(',');
+            }
+            sql.push('$');
+            sql.push_str(&n.to_string());
+            n += 1;
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+impl SqliteStore {
+    async fn find_batch(
+        conn: &mut sqlx::SqliteConnection,
+        sender_id: &str,
+        batch_id: &str,
+    ) -> StoreResult<Option<BatchRecord>> {
+        let row = sqlx::query(
+            "SELECT id, sender_id, batch_id, request_hash, payment_count, created_at \
+             FROM batches WHERE sender_id = $1 AND batch_id = $2",
+        )
+        .bind(sender_id)
+        .bind(batch_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        row.as_ref().map(batch_from_row).transpose()
+    }
+
+    async fn existing_references(
+        &self,
+        sender_id: &str,
+        payments: &[NewPayment],
+    ) -> StoreResult<Vec<String>> {
+        let mut found = Vec::new();
+        for chunk in payments.chunks(500) {
+            let sql = format!(
+                "SELECT reference_id FROM payments WHERE sender_id = $1 AND reference_id IN ({})",
+                (2..chunk.len() + 2)
+                    .map(|i| format!("${i}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(sender_id);
+            for p in chunk {
+                q = q.bind(&p.reference_id);
+            }
+            for row in q.fetch_all(&self.reader).await? {
+                found.push(row.try_get("reference_id")?);
+            }
+        }
+        Ok(found)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_batch(
+        &self,
+        batch: &NewBatch,
+        payments: &[NewPayment],
+    ) -> StoreResult<BatchInsert> {
+        let mut tx = self.writer.begin().await?;
+        if let Some(existing) = Self::find_batch(&mut tx, &batch.sender_id, &batch.batch_id).await?
+        {
+            return Ok(if existing.request_hash == batch.request_hash {
+                BatchInsert::Replayed(existing)
+            } else {
+                BatchInsert::Conflict(existing)
+            });
+        }
+        let now = batch.created_at;
+        sqlx::query(
+            "INSERT INTO batches (id, sender_id, batch_id, request_hash, payment_count, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&batch.id)
+        .bind(&batch.sender_id)
+        .bind(&batch.batch_id)
+        .bind(&batch.request_hash)
+        .bind(payments.len() as i64)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+
+        let mut seq = 0i64;
+        let mut duplicate = false;
+        for chunk in payments.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "INSERT INTO payments (id, batch_id, seq, sender_id, reference_id, payee_fa, \
+                 payee_id_type, payee_id_value, amount_minor, currency, payee_name, note, meta, \
+                 status, next_at, created_at, updated_at) VALUES {}",
+                placeholders(chunk.len(), 17)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for p in chunk {
+                q = q
+                    .bind(&p.id)
+                    .bind(&batch.id)
+                    .bind(seq)
+                    .bind(&batch.sender_id)
+                    .bind(&p.reference_id)
+                    .bind(&p.payee_fa)
+                    .bind(&p.payee_id_type)
+                    .bind(&p.payee_id_value)
+                    .bind(p.amount_minor)
+                    .bind(&p.currency)
+                    .bind(&p.payee_name)
+                    .bind(&p.note)
+                    .bind(p.meta.as_ref().map(|m| m.to_string()))
+                    .bind(Status::Received.as_str())
+                    .bind(now)
+                    .bind(now)
+                    .bind(now);
+                seq += 1;
+            }
+            match q.execute(&mut *tx).await {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => {
+                    duplicate = true;
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let sql = format!(
+                "INSERT INTO payment_events (payment_id, at, to_status, reason_code) VALUES {}",
+                placeholders(chunk.len(), 4)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for p in chunk {
+                q = q
+                    .bind(&p.id)
+                    .bind(now)
+                    .bind(Status::Received.as_str())
+                    .bind("received");
+            }
+            q.execute(&mut *tx).await?;
+        }
+        if duplicate {
+            tx.rollback().await?;
+            let dups = self
+                .existing_references(&batch.sender_id, payments)
+                .await?;
+            return Ok(BatchInsert::DuplicateReferences(dups));
+        }
+        tx.commit().await?;
+        Ok(BatchInsert::Created(BatchRecord {
+            id: batch.id.clone(),
+            sender_id: batch.sender_id.clone(),
+            batch_id: batch.batch_id.clone(),
+            request_hash: batch.request_hash.clone(),
+            payment_count: payments.len() as i64,
+            created_at: now,
+        }))
+    }
+
+    async fn get_batch(&self, id: &str) -> StoreResult<Option<BatchRecord>> {
+        let row = sqlx::query(
+            "SELECT id, sender_id, batch_id, request_hash, payment_count, created_at \
+             FROM batches WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(batch_from_row).transpose()
+    }
+
+    async fn batch_totals(&self, batch_id: &str) -> StoreResult<Vec<StatusTotal>> {
+        let rows = sqlx::query(
+            "SELECT status, currency, COUNT(*) AS n, SUM(amount_minor) AS total \
+             FROM payments WHERE batch_id = $1 GROUP BY status, currency ORDER BY status, currency",
+        )
+        .bind(batch_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get("status")?;
+                Ok(StatusTotal {
+                    status: status_of(&status)?,
+                    currency: row.try_get("currency")?,
+                    count: row.try_get("n")?,
+                    amount_minor: row.try_get("total")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn batch_payments(
+        &self,
+        batch_id: &str,
+        status: Option<Status>,
+        cursor: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<Payment>> {
+        let sql = format!(
+            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE batch_id = $1 \
+             AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(batch_id)
+            .bind(status.map(Status::as_str))
+            .bind(cursor)
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(payment_from_row).collect()
+    }
+
+    async fn get_payment(&self, id: &str) -> StoreResult<Option<Payment>> {
+        self.find_payment(&Lookup::Id(id.to_string())).await
+    }
+
+    async fn find_payment(&self, lookup: &Lookup) -> StoreResult<Option<Payment>> {
+        let row = match lookup {
+            Lookup::Id(id) => {
+                sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1"
+                )))
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?
+            }
+            Lookup::DfspRef { dfsp, dfsp_ref } => {
+                sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {PAYMENT_COLUMNS} FROM payments WHERE dfsp = $1 AND dfsp_ref = $2 \
+                     ORDER BY created_at DESC LIMIT 1"
+                )))
+                .bind(dfsp)
+                .bind(dfsp_ref)
+                .fetch_optional(&self.reader)
+                .await?
+            }
+            Lookup::Reference {
+                sender_id,
+                reference_id,
+            } => {
+                sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {PAYMENT_COLUMNS} FROM payments WHERE reference_id = $1 \
+                     AND ($2 IS NULL OR sender_id = $2) ORDER BY created_at DESC LIMIT 1"
+                )))
+                .bind(reference_id)
+                .bind(sender_id)
+                .fetch_optional(&self.reader)
+                .await?
+            }
+        };
+        row.as_ref().map(payment_from_row).transpose()
+    }
+
+    async fn payment_events(&self, payment_id: &str) -> StoreResult<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT at, from_status, to_status, reason_code, detail, route_version, adapter_version \
+             FROM payment_events WHERE payment_id = $1 ORDER BY id",
+        )
+        .bind(payment_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let from: Option<String> = row.try_get("from_status")?;
+                let to: String = row.try_get("to_status")?;
+                Ok(StoredEvent {
+                    at: row.try_get("at")?,
+                    event: Event {
+                        from: from.as_deref().map(status_of).transpose()?,
+                        to: status_of(&to)?,
+                        reason_code: row.try_get("reason_code")?,
+                        detail: row.try_get("detail")?,
+                        route_version: row.try_get("route_version")?,
+                        adapter_version: row.try_get("adapter_version")?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn payment_attempts(&self, payment_id: &str) -> StoreResult<Vec<StoredAttempt>> {
+        let rows = sqlx::query(
+            "SELECT dfsp, kind, idempotency_key, method, url, started_at, finished_at, \
+             http_status, outcome, error FROM dispatch_attempts WHERE payment_id = $1 ORDER BY id",
+        )
+        .bind(payment_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                Ok(StoredAttempt {
+                    at: row.try_get("started_at")?,
+                    attempt: Attempt {
+                        dfsp: row.try_get("dfsp")?,
+                        kind: if kind == "status" { "status" } else { "submit" },
+                        idempotency_key: row.try_get("idempotency_key")?,
+                        method: row.try_get("method")?,
+                        url: row.try_get("url")?,
+                        started_at: row.try_get("started_at")?,
+                        finished_at: row.try_get("finished_at")?,
+                        http_status: row.try_get("http_status")?,
+                        outcome: row.try_get("outcome")?,
+                        error: row.try_get("error")?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn claim(
+        &self,
+        kind: Claim,
+        now: i64,
+        limit: i64,
+        lease_until: i64,
+        owner: &str,
+    ) -> StoreResult<Vec<Payment>> {
+        let (a, b) = match kind {
+            Claim::Dispatch => (Status::Received, Status::Routed),
+            Claim::Poll => (Status::Accepted, Status::Unknown),
+        };
+        let sql = format!(
+            "UPDATE payments SET lease_until = $1, lease_owner = $6 WHERE id IN (\
+               SELECT id FROM payments WHERE status IN ($2, $3) AND next_at <= $4 \
+               AND lease_until <= $4 ORDER BY next_at LIMIT $5) \
+             RETURNING {PAYMENT_COLUMNS}"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(lease_until)
+            .bind(a.as_str())
+            .bind(b.as_str())
+            .bind(now)
+            .bind(limit)
+            .bind(owner)
+            .fetch_all(&self.writer)
+            .await?;
+        let mut payments = rows
+            .iter()
+            .map(payment_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        payments.sort_by(|x, y| x.batch_id.cmp(&y.batch_id).then(x.seq.cmp(&y.seq)));
+        Ok(payments)
+    }
+
+    async fn apply(&self, changes: &[Change], now: i64) -> StoreResult<Vec<Applied>> {
+        let mut out = Vec::with_capacity(changes.len());
+        let mut tx = self.writer.begin().await?;
+        for change in changes {
+            let f = &change.fields;
+            let fallbacks = f
+                .fallbacks
+                .as_ref()
+                .map(|v| serde_json::to_string(v).unwrap_or_else(|_| "[]".into()));
+            let result = sqlx::query(
+                "UPDATE payments SET status = $1, updated_at = $2, \
+                 dfsp = CASE WHEN $3 THEN $4 ELSE dfsp END, \
+                 fallbacks = COALESCE($5, fallbacks), \
+                 dfsp_ref = COALESCE($6, dfsp_ref), \
+                 idempotency_key = CASE WHEN $7 THEN $8 ELSE idempotency_key END, \
+                 reason_code = COALESCE($9, reason_code), \
+                 reason = COALESCE($10, reason), \
+                 route_version = COALESCE($11, route_version), \
+                 adapter_version = COALESCE($12, adapter_version), \
+                 next_at = COALESCE($13, next_at), \
+                 lease_until = COALESCE($14, lease_until), \
+                 attempts = attempts + $15, polls = polls + $16 \
+                 WHERE id = $17 AND status = $18",
+            )
+            .bind(change.to.as_str())
+            .bind(now)
+            .bind(f.dfsp.is_some())
+            .bind(f.dfsp.clone().flatten())
+            .bind(fallbacks)
+            .bind(&f.dfsp_ref)
+            .bind(f.idempotency_key.is_some())
+            .bind(f.idempotency_key.clone().flatten())
+            .bind(&f.reason_code)
+            .bind(&f.reason)
+            .bind(&f.route_version)
+            .bind(&f.adapter_version)
+            .bind(f.next_at)
+            .bind(f.lease_until)
+            .bind(i64::from(f.add_attempt))
+            .bind(i64::from(f.add_poll))
+            .bind(&change.payment_id)
+            .bind(change.expect.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if result.rows_affected() == 0 {
+                out.push(Applied::Stale);
+                continue;
+            }
+            for event in &change.events {
+                sqlx::query(
+                    "INSERT INTO payment_events (payment_id, at, from_status, to_status, \
+                     reason_code, detail, route_version, adapter_version) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(&change.payment_id)
+                .bind(now)
+                .bind(event.from.map(Status::as_str))
+                .bind(event.to.as_str())
+                .bind(&event.reason_code)
+                .bind(&event.detail)
+                .bind(&event.route_version)
+                .bind(&event.adapter_version)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let Some(a) = &change.attempt {
+                sqlx::query(
+                    "INSERT INTO dispatch_attempts (payment_id, dfsp, kind, idempotency_key, \
+                     method, url, started_at, finished_at, http_status, outcome, error) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .bind(&change.payment_id)
+                .bind(&a.dfsp)
+                .bind(a.kind)
+                .bind(&a.idempotency_key)
+                .bind(&a.method)
+                .bind(&a.url)
+                .bind(a.started_at)
+                .bind(a.finished_at)
+                .bind(a.http_status)
+                .bind(&a.outcome)
+                .bind(&a.error)
+                .execute(&mut *tx)
+                .await?;
+            }
+            out.push(Applied::Done);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn recover_sending(&self, now: i64, restarted_owner: Option<&str>) -> StoreResult<u64> {
+        let mut tx = self.writer.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM payments WHERE status = 'sending' \
+             AND (lease_until <= $1 OR lease_owner = $2)",
+        )
+        .bind(now)
+        .bind(restarted_owner)
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in &ids {
+            sqlx::query(
+                "UPDATE payments SET status = 'unknown', reason_code = 'send_interrupted', \
+                 reason = 'PIL stopped while the request was in flight', next_at = $2, \
+                 lease_until = 0, lease_owner = NULL, updated_at = $2 \
+                 WHERE id = $1 AND status = 'sending'",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO payment_events (payment_id, at, from_status, to_status, reason_code, detail) \
+                 VALUES ($1, $2, 'sending', 'unknown', 'send_interrupted', \
+                 'the send was interrupted; the outcome will be looked up, never resent blindly')",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(owner) = restarted_owner {
+            sqlx::query(
+                "UPDATE payments SET lease_until = 0, lease_owner = NULL \
+                 WHERE lease_owner = $1 AND status <> 'sending'",
+            )
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(ids.len() as u64)
+    }
+
+    async fn insert_callback(&self, cb: &RawCallback) -> StoreResult<i64> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO raw_callbacks (dfsp, method, path, headers, body, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(&cb.dfsp)
+        .bind(&cb.method)
+        .bind(&cb.path)
+        .bind(cb.headers.to_string())
+        .bind(&cb.body)
+        .bind(cb.received_at)
+        .fetch_one(&self.writer)
+        .await?;
+        Ok(id)
+    }
+
+    async fn finish_callback(
+        &self,
+        id: i64,
+        payment_id: Option<&str>,
+        outcome: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE raw_callbacks SET processed_at = $2, payment_id = $3, outcome = $4 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(payment_id)
+        .bind(outcome)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn status_counts(&self) -> StoreResult<Vec<(Status, i64)>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM payments GROUP BY status")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let s: String = row.try_get("status")?;
+                Ok((status_of(&s)?, row.try_get("n")?))
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+}

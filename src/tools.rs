@@ -1,0 +1,148 @@
+//! Script tooling shared by the CLI: `check` (compile and validate everything) and the routing
+//! dry run (`route`): which DFSPs a payment would go to and the exact request each candidate
+//! adapter would send, with secrets redacted. Nothing is stored or sent.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rhai::{Dynamic, Map};
+use serde_json::json;
+
+use crate::executor::Body;
+use crate::ingest::{self, Item};
+use crate::money::{Currency, Money};
+use crate::payment::{Payment, Status};
+use crate::route::{route, Decision};
+use crate::script::convert::{json_to_dynamic, payment_map};
+use crate::script::{engine, Bundle, LoadErrors};
+
+/// Compiles and validates all scripts and adapter configs under `rules_dir` / `adapters_dir`.
+pub fn check(rules_dir: &Path, adapters_dir: &Path) -> Result<Bundle, LoadErrors> {
+    Bundle::load(Arc::new(engine::build()), rules_dir, adapters_dir)
+}
+
+/// A one-payment dry run: the routing decision and each candidate's request.
+pub fn dry_run(bundle: &Bundle, input: &serde_json::Value) -> Result<serde_json::Value, String> {
+    let g = |k: &str| input.get(k).cloned();
+    let item = Item {
+        reference_id: g("reference_id").or(Some(json!("dry-run"))),
+        payee_fa: g("payee_fa"),
+        payee_id_type: g("payee_id_type"),
+        payee_id_value: g("payee_id_value"),
+        amount: g("amount"),
+        currency: g("currency"),
+        payee_name: g("payee_name"),
+        note: g("note"),
+        meta: g("meta"),
+    };
+    let rows = ingest::validate(&[item], &ingest::Limits::default()).map_err(|errs| {
+        errs.iter()
+            .map(|e| format!("{}: {} ({})", e.field, e.message, e.code))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    let row = &rows[0];
+    let currency = Currency::from_code(&row.currency).map_err(|e| e.to_string())?;
+    let now = crate::clock::now_ms();
+    let payment = Payment {
+        id: row.id.clone(),
+        batch_id: "dry-run".into(),
+        seq: 0,
+        sender_id: input.get("sender_id").and_then(|v| v.as_str()).unwrap_or("default").into(),
+        reference_id: row.reference_id.clone(),
+        payee_fa: row.payee_fa.clone(),
+        payee_id_type: row.payee_id_type.clone(),
+        payee_id_value: row.payee_id_value.clone(),
+        amount: Money::from_minor(row.amount_minor, currency),
+        payee_name: row.payee_name.clone(),
+        note: row.note.clone(),
+        meta: row.meta.clone(),
+        status: Status::Received,
+        dfsp: None,
+        fallbacks: Vec::new(),
+        dfsp_ref: None,
+        idempotency_key: None,
+        attempts: 0,
+        polls: 0,
+        reason_code: None,
+        reason: None,
+        route_version: None,
+        adapter_version: None,
+        next_at: now,
+        created_at: now,
+        updated_at: now,
+    };
+    let map = payment_map(&payment, None);
+    let live_ctx = routing_ctx(bundle, now);
+    let decision = route(bundle, Dynamic::from_map(map.clone()), live_ctx).map_err(|e| e.to_string())?;
+    let ids = match decision {
+        Decision::Reject { code, message } => {
+            return Ok(json!({"routing_version": bundle.routing.version, "decision": {"reject": code, "message": message}}));
+        }
+        Decision::Dfsps(ids) => ids,
+    };
+    let mut candidates = Vec::new();
+    for id in &ids {
+        let Some(adapter) = bundle.adapter(id) else { continue };
+        let key = "00000000-0000-4000-8000-000000000000";
+        let mut ctx = Map::new();
+        ctx.insert("now".into(), Dynamic::from_int(now));
+        ctx.insert("idempotency_key".into(), key.into());
+        ctx.insert("callback_url".into(), format!("http://<public_url>/callbacks/{id}").into());
+        ctx.insert("attempt".into(), Dynamic::from_int(1));
+        ctx.insert("settings".into(), json_to_dynamic(&adapter.config.settings));
+        let mut pmap = map.clone();
+        pmap.insert("idempotency_key".into(), key.into());
+        pmap.insert("dfsp".into(), id.clone().into());
+        let request = match adapter.build_request(&bundle.engine, Dynamic::from_map(pmap), Dynamic::from_map(ctx)) {
+            Ok(r) => r,
+            Err(e) => {
+                candidates.push(json!({"dfsp": id, "error": e.to_string()}));
+                continue;
+            }
+        };
+        let mut headers = serde_json::Map::new();
+        for (name, _) in &adapter.config.headers {
+            headers.insert(name.clone(), json!("<redacted>"));
+        }
+        if !matches!(adapter.config.auth, crate::adapter::Auth::None) {
+            headers.insert("Authorization".into(), json!("<redacted>"));
+        }
+        for (k, v) in &request.headers {
+            headers.insert(k.clone(), json!(v));
+        }
+        let body = match &request.body {
+            None => serde_json::Value::Null,
+            Some(Body::Json(v)) => v.clone(),
+            Some(Body::Text { text, .. }) => json!(text),
+        };
+        candidates.push(json!({
+            "dfsp": id,
+            "adapter_version": adapter.script.version,
+            "request": {
+                "method": request.method.as_str(),
+                "url": format!("{}{}", adapter.config.base_url, request.path),
+                "headers": headers,
+                "body": body,
+            }
+        }));
+    }
+    Ok(json!({
+        "routing_version": bundle.routing.version,
+        "decision": {"dfsps": ids},
+        "candidates": candidates,
+    }))
+}
+
+fn routing_ctx(bundle: &Bundle, now: i64) -> Dynamic {
+    // The dry run has no live DFSP clients: every loaded adapter counts as available.
+    let live = crate::route::Live {
+        bundle: Arc::new(Bundle {
+            engine: bundle.engine.clone(),
+            routing: bundle.routing.clone(),
+            adapters: bundle.adapters.clone(),
+        }),
+        clients: Default::default(),
+    };
+    live.routing_ctx(now)
+}

@@ -1,0 +1,8 @@
+//! One integration-test binary: the real router and dispatcher against a real SQLite database
+//! and the DFSP simulator, over loopback HTTP.
+
+mod batches;
+mod check;
+mod crash;
+mod flow;
+mod helpers;
