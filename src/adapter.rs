@@ -296,8 +296,8 @@ impl AdapterConfig {
         }
         let mut headers = Vec::new();
         for (name, value) in &raw.headers {
-            let v = resolve_references(value)
-                .map_err(|m| invalid(format!("headers.{name}: {m}")))?;
+            let v =
+                resolve_references(value).map_err(|m| invalid(format!("headers.{name}: {m}")))?;
             headers.push((name.clone(), Secret(v)));
         }
         let mut settings = serde_json::Map::new();
@@ -354,7 +354,10 @@ impl AdapterConfig {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
     (line, column)
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use serde_json::json;
 
 use crate::config::Settings;
@@ -20,7 +20,9 @@ pub struct DemoOptions {
 }
 
 /// Triggers that end in a final status the demo can predict (see `simulator::trigger`).
-const MTN_TRIGGERS: &[&str] = &["450", "451", "455", "461", "471", "472", "473", "475", "476"];
+const MTN_TRIGGERS: &[&str] = &[
+    "450", "451", "455", "461", "471", "472", "473", "475", "476",
+];
 const MOJALOOP_TRIGGERS: &[&str] = &["450", "451", "452", "455", "456", "461", "475", "476"];
 
 struct Planned {
@@ -55,7 +57,14 @@ fn plan(n: usize) -> Vec<(Planned, serde_json::Value)> {
                 "payee_name": format!("Beneficiary {i}"),
                 "note": "Demo cash transfer",
             });
-            (Planned { reference_id, dfsp, payee }, item)
+            (
+                Planned {
+                    reference_id,
+                    dfsp,
+                    payee,
+                },
+                item,
+            )
         })
         .collect()
 }
@@ -80,7 +89,11 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<bo
     let app = Application::build(settings).await?;
     let base = app.url();
     println!("PIL       {base}  (API: {base}/api/v1/batches, OpenAPI: {base}/openapi.json)");
-    println!("simulator {}  (stats: {}/_sim/stats)", sim.base_url(), sim.base_url());
+    println!(
+        "simulator {}  (stats: {}/_sim/stats)",
+        sim.base_url(),
+        sim.base_url()
+    );
 
     let planned = plan(opts.payments);
     let body = json!({
@@ -120,7 +133,10 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<bo
             .json::<serde_json::Value>()
             .await?;
         let done = view["final_count"].as_i64().unwrap_or(0);
-        println!("progress: {done}/{} final ({}%)", opts.payments, view["progress_percent"]);
+        println!(
+            "progress: {done}/{} final ({}%)",
+            opts.payments, view["progress_percent"]
+        );
         if done as usize >= opts.payments || Instant::now() > deadline {
             break;
         }
@@ -150,7 +166,10 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<bo
     let mut mismatches = 0;
     for (p, _) in &planned {
         let want = expected_status(p.dfsp, &p.payee);
-        let got = actual.get(&p.reference_id).map(String::as_str).unwrap_or("missing");
+        let got = actual
+            .get(&p.reference_id)
+            .map(String::as_str)
+            .unwrap_or("missing");
         if want != got {
             mismatches += 1;
             if mismatches <= 10 {
@@ -172,15 +191,25 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<bo
             t["currency"].as_str().unwrap_or_default()
         );
     }
-    println!("  as predicted by the simulator: {}/{}", opts.payments - mismatches, opts.payments);
+    println!(
+        "  as predicted by the simulator: {}/{}",
+        opts.payments - mismatches,
+        opts.payments
+    );
     println!("  paid more than once: {paid_twice}");
     println!("  elapsed: {elapsed:.2} s");
     let ok = mismatches == 0 && paid_twice == 0;
-    println!("throughput: {:.0} payments/s", opts.payments as f64 / elapsed);
+    println!(
+        "throughput: {:.0} payments/s",
+        opts.payments as f64 / elapsed
+    );
 
     if !opts.exit {
         println!();
-        println!("still serving: PIL at {base}, simulator at {}; Ctrl-C to stop", sim.base_url());
+        println!(
+            "still serving: PIL at {base}, simulator at {}; Ctrl-C to stop",
+            sim.base_url()
+        );
         tokio::signal::ctrl_c().await?;
     }
     drop(sim);

@@ -20,9 +20,9 @@ use crate::executor::{DfspClient, DfspRequest, Sent};
 use crate::follow::{self, report_change};
 use crate::map::{Outcome, Reported};
 use crate::payment::{Attempt, Change, IllegalTransition, Payment, Status};
-use crate::route::{route, Decision, Live};
-use crate::script::convert::{json_to_dynamic, payment_map};
+use crate::route::{Decision, Live, route};
 use crate::script::Adapter;
+use crate::script::convert::{json_to_dynamic, payment_map};
 use crate::store::{Applied, Claim, Store, Writer};
 
 #[derive(Debug, Clone)]
@@ -209,11 +209,23 @@ impl Dispatcher {
                         (first, ids, Some(bundle.routing.version.clone()))
                     }
                     Ok(Decision::Reject { code, message }) => {
-                        settled.extend(settle(&p, Status::Rejected, &code, message, Some(&bundle.routing.version)));
+                        settled.extend(settle(
+                            &p,
+                            Status::Rejected,
+                            &code,
+                            message,
+                            Some(&bundle.routing.version),
+                        ));
                         continue;
                     }
                     Err(e) => {
-                        settled.extend(settle(&p, Status::Failed, "script_error", e.to_string(), Some(&bundle.routing.version)));
+                        settled.extend(settle(
+                            &p,
+                            Status::Failed,
+                            "script_error",
+                            e.to_string(),
+                            Some(&bundle.routing.version),
+                        ));
                         continue;
                     }
                 }
@@ -221,13 +233,26 @@ impl Dispatcher {
                 match p.dfsp.clone() {
                     Some(d) => (d, p.fallbacks.clone(), None),
                     None => {
-                        settled.extend(settle(&p, Status::Failed, "no_dfsp", "routed without a DFSP".into(), None));
+                        settled.extend(settle(
+                            &p,
+                            Status::Failed,
+                            "no_dfsp",
+                            "routed without a DFSP".into(),
+                            None,
+                        ));
                         continue;
                     }
                 }
             };
-            let (Some(adapter), Some(client)) = (bundle.adapter(&dfsp), live.clients.get(&dfsp)) else {
-                settled.extend(settle(&p, Status::Failed, "dfsp_unavailable", format!("no adapter '{dfsp}' is loaded"), route_version.as_deref()));
+            let (Some(adapter), Some(client)) = (bundle.adapter(&dfsp), live.clients.get(&dfsp))
+            else {
+                settled.extend(settle(
+                    &p,
+                    Status::Failed,
+                    "dfsp_unavailable",
+                    format!("no adapter '{dfsp}' is loaded"),
+                    route_version.as_deref(),
+                ));
                 continue;
             };
             let key = match (&p.dfsp, &p.idempotency_key) {
@@ -239,7 +264,11 @@ impl Dispatcher {
             ctx.insert("idempotency_key".into(), key.clone().into());
             ctx.insert(
                 "callback_url".into(),
-                format!("{}/callbacks/{dfsp}", self.settings.public_url.trim_end_matches('/')).into(),
+                format!(
+                    "{}/callbacks/{dfsp}",
+                    self.settings.public_url.trim_end_matches('/')
+                )
+                .into(),
             );
             ctx.insert("attempt".into(), Dynamic::from_int(p.attempts + 1));
             ctx.insert("settings".into(), json_to_dynamic(&adapter.config.settings));
@@ -280,17 +309,20 @@ impl Dispatcher {
                     } else {
                         Ok(change)
                     }
-                    .and_then(|c| c.step(Status::Failed, Some("script_error"), Some(e.to_string())));
+                    .and_then(|c| {
+                        c.step(Status::Failed, Some("script_error"), Some(e.to_string()))
+                    });
                     match change {
                         Ok(c) => settled.push(c),
-                        Err(illegal) => tracing::error!(payment = %p.id, %illegal, "cannot fail payment"),
+                        Err(illegal) => {
+                            tracing::error!(payment = %p.id, %illegal, "cannot fail payment")
+                        }
                     }
                 }
             }
         }
         (settled, sends)
     }
-
 }
 
 /// received|routed → sending, committed before the request leaves.
@@ -359,7 +391,9 @@ async fn send_all(writer: Writer, engine: Arc<rhai::Engine>, group: Vec<ToSend>)
         }
         let changes: Vec<Change> = done
             .iter()
-            .filter_map(|(s, sent, started, finished)| after_send(&engine, s, sent, *started, *finished))
+            .filter_map(|(s, sent, started, finished)| {
+                after_send(&engine, s, sent, *started, *finished)
+            })
             .collect();
         if let Err(e) = writer.apply(changes).await {
             // The payments stay in `sending`; lease expiry turns them into `unknown`.
@@ -370,7 +404,13 @@ async fn send_all(writer: Writer, engine: Arc<rhai::Engine>, group: Vec<ToSend>)
 }
 
 /// The change that one send's result causes, from `sending`.
-fn after_send(engine: &rhai::Engine, s: &ToSend, sent: &Sent, started: i64, finished: i64) -> Option<Change> {
+fn after_send(
+    engine: &rhai::Engine,
+    s: &ToSend,
+    sent: &Sent,
+    started: i64,
+    finished: i64,
+) -> Option<Change> {
     let cfg = &s.adapter.config;
     let mut p = s.payment.clone();
     p.attempts += 1;
@@ -428,5 +468,6 @@ fn after_send(engine: &rhai::Engine, s: &ToSend, sent: &Sent, started: i64, fini
         }
     };
     attempt.outcome = format!("{:?}", outcome.status).to_lowercase();
-    report_change(&p, Status::Sending, cfg, &outcome, now_ms(), false).map(|c| c.with_attempt(attempt))
+    report_change(&p, Status::Sending, cfg, &outcome, now_ms(), false)
+        .map(|c| c.with_attempt(attempt))
 }

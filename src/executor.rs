@@ -195,10 +195,9 @@ impl DfspClient {
             }
             Err(e) if e.is_connect() => Sent::NotSent(format!("connection failed: {e}")),
             Err(e) if e.is_builder() => Sent::NotSent(format!("invalid request: {e}")),
-            Err(e) if e.is_timeout() => Sent::Unknown(format!(
-                "no answer within {} ms",
-                self.config.timeout_ms
-            )),
+            Err(e) if e.is_timeout() => {
+                Sent::Unknown(format!("no answer within {} ms", self.config.timeout_ms))
+            }
             Err(e) => Sent::Unknown(format!("request failed: {e}")),
         }
     }
@@ -211,8 +210,11 @@ impl DfspClient {
             Auth::None => return Ok(None),
             Auth::Basic { username, password } => format!(
                 "Basic {}",
-                base64::engine::general_purpose::STANDARD
-                    .encode(format!("{}:{}", username.expose(), password.expose()))
+                base64::engine::general_purpose::STANDARD.encode(format!(
+                    "{}:{}",
+                    username.expose(),
+                    password.expose()
+                ))
             ),
             Auth::Bearer(token) => format!("Bearer {}", token.expose()),
             Auth::ApiKey { header, key } => {
@@ -286,7 +288,10 @@ impl DfspClient {
             .to_string();
         let ttl = json
             .get("expires_in")
-            .and_then(|v| v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+            .and_then(|v| {
+                v.as_i64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            })
             .unwrap_or(300)
             .max(0) as u64;
         // Refresh a little early so a token does not expire between check and use.

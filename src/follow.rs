@@ -13,7 +13,7 @@ use rhai::{Dynamic, Map};
 use crate::adapter::AdapterConfig;
 use crate::clock::now_ms;
 use crate::executor::Sent;
-use crate::map::{body_dynamic, headers_map, CallbackMatch, Outcome, Reported};
+use crate::map::{CallbackMatch, Outcome, Reported, body_dynamic, headers_map};
 use crate::payment::{Attempt, Change, NotExecuted, Payment, Status};
 use crate::route::Live;
 use crate::script::convert::payment_map;
@@ -58,7 +58,9 @@ pub fn report_change(
                 f.reason = o.reason.clone();
             })
             .step(Status::Succeeded, code, detail),
-        Reported::Failed if o.not_executed && matches!(current, Status::Sending | Status::Unknown) => {
+        Reported::Failed
+            if o.not_executed && matches!(current, Status::Sending | Status::Unknown) =>
+        {
             if o.retry && p.attempts < cfg.retry.max_attempts {
                 let shift = u32::try_from(p.attempts.clamp(0, 10)).unwrap_or(10);
                 let backoff = cfg.retry.backoff_ms.saturating_mul(1 << shift).min(60_000);
@@ -86,8 +88,9 @@ pub fn report_change(
         }
         Reported::Failed => failed(base, o),
         Reported::Accepted | Reported::Pending => match current {
-            Status::Sending | Status::Unknown => wait(base, cfg.poll.first_after_ms)
-                .step(Status::Accepted, Some("accepted"), detail),
+            Status::Sending | Status::Unknown => {
+                wait(base, cfg.poll.first_after_ms).step(Status::Accepted, Some("accepted"), detail)
+            }
             _ if from_poll => Ok(wait(base, cfg.poll.every_ms)),
             _ => return None,
         },
@@ -112,10 +115,18 @@ pub fn report_change(
 
 fn failed(base: Change, o: &Outcome) -> Result<Change, crate::payment::IllegalTransition> {
     base.with(|f| {
-        f.reason_code = Some(o.reason_code.clone().unwrap_or_else(|| "dfsp_failed".into()));
+        f.reason_code = Some(
+            o.reason_code
+                .clone()
+                .unwrap_or_else(|| "dfsp_failed".into()),
+        );
         f.reason = o.reason.clone();
     })
-    .step(Status::Failed, Some(o.reason_code.as_deref().unwrap_or("dfsp_failed")), o.reason.clone())
+    .step(
+        Status::Failed,
+        Some(o.reason_code.as_deref().unwrap_or("dfsp_failed")),
+        o.reason.clone(),
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +189,10 @@ pub async fn handle_callback(
                     .collect()
             })
             .unwrap_or_default();
-        req.insert("headers".into(), headers_map(headers.iter().map(|(k, v)| (k, v))));
+        req.insert(
+            "headers".into(),
+            headers_map(headers.iter().map(|(k, v)| (k, v))),
+        );
         req.insert("body".into(), body_dynamic(&raw.body));
         match adapter.parse_callback(&live.bundle.engine, Dynamic::from_map(req)) {
             Err(e) => CallbackOutcome::ScriptError(e.to_string()),
@@ -201,11 +215,14 @@ pub async fn handle_callback(
                         CallbackOutcome::UnknownPayment
                     }
                     Some(p) => {
-                        match report_change(&p, p.status, &adapter.config, &report, now_ms(), false) {
+                        match report_change(&p, p.status, &adapter.config, &report, now_ms(), false)
+                        {
                             None => CallbackOutcome::NoChange(p.id),
                             Some(change) => {
-                                let applied =
-                                    writer.apply(vec![change]).await.map_err(CallbackError::Write)?;
+                                let applied = writer
+                                    .apply(vec![change])
+                                    .await
+                                    .map_err(CallbackError::Write)?;
                                 if applied.first() == Some(&crate::store::Applied::Done) {
                                     CallbackOutcome::Applied(p.id)
                                 } else {
@@ -237,7 +254,9 @@ pub async fn poll_once(
     limit: i64,
 ) -> Result<usize, CallbackError> {
     let now = now_ms();
-    let claimed = store.claim(Claim::Poll, now, limit, now + 120_000, owner).await?;
+    let claimed = store
+        .claim(Claim::Poll, now, limit, now + 120_000, owner)
+        .await?;
     if claimed.is_empty() {
         return Ok(0);
     }
@@ -259,8 +278,12 @@ pub async fn poll_once(
         let pmap = Dynamic::from_map(payment_map(p, None));
         let mut ctx = Map::new();
         ctx.insert("now".into(), Dynamic::from_int(now));
-        ctx.insert("settings".into(), crate::script::convert::json_to_dynamic(&adapter.config.settings));
-        let req = match adapter.build_status_request(&engine, pmap.clone(), Dynamic::from_map(ctx)) {
+        ctx.insert(
+            "settings".into(),
+            crate::script::convert::json_to_dynamic(&adapter.config.settings),
+        );
+        let req = match adapter.build_status_request(&engine, pmap.clone(), Dynamic::from_map(ctx))
+        {
             Ok(Some(req)) => req,
             Ok(None) => {
                 parked.push(park(p, "the DFSP offers no way to look this payment up"));
@@ -311,7 +334,9 @@ pub async fn poll_once(
     }
     let mut changes = parked;
     while let Some((id, adapter, mut attempt, report)) = queries.next().await {
-        let Some(p) = claimed.iter().find(|p| p.id == id) else { continue };
+        let Some(p) = claimed.iter().find(|p| p.id == id) else {
+            continue;
+        };
         let report = report.unwrap_or(Outcome {
             status: Reported::Unknown,
             dfsp_ref: None,

@@ -94,7 +94,13 @@ pub fn validate(items: &[Item], limits: &Limits) -> Result<Vec<NewPayment>, Vec<
     let mut seen: HashSet<&str> = HashSet::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let before = errors.len();
-        let reference_id = text(i, "reference_id", &item.reference_id, MAX_REFERENCE_LEN, &mut errors);
+        let reference_id = text(
+            i,
+            "reference_id",
+            &item.reference_id,
+            MAX_REFERENCE_LEN,
+            &mut errors,
+        );
         match reference_id.as_deref() {
             None if errors.len() == before => errors.push(err(
                 i,
@@ -102,7 +108,12 @@ pub fn validate(items: &[Item], limits: &Limits) -> Result<Vec<NewPayment>, Vec<
                 "reference_id.missing",
                 "reference_id is required: the sender's own unique id for this payment",
             )),
-            Some("") => errors.push(err(i, "reference_id", "reference_id.missing", "reference_id must not be empty")),
+            Some("") => errors.push(err(
+                i,
+                "reference_id",
+                "reference_id.missing",
+                "reference_id must not be empty",
+            )),
             Some(_) => {
                 if let Some(serde_json::Value::String(r)) = &item.reference_id
                     && !seen.insert(r.as_str())
@@ -157,11 +168,21 @@ pub fn validate(items: &[Item], limits: &Limits) -> Result<Vec<NewPayment>, Vec<
                 }
             },
             None | Some(serde_json::Value::Null) => {
-                errors.push(err(i, "currency", "currency_code.missing", "currency is required (ISO 4217, e.g. KES)"));
+                errors.push(err(
+                    i,
+                    "currency",
+                    "currency_code.missing",
+                    "currency is required (ISO 4217, e.g. KES)",
+                ));
                 None
             }
             Some(_) => {
-                errors.push(err(i, "currency", "currency_code.invalid", "currency must be a string such as \"KES\""));
+                errors.push(err(
+                    i,
+                    "currency",
+                    "currency_code.invalid",
+                    "currency must be a string such as \"KES\"",
+                ));
                 None
             }
         };
@@ -170,11 +191,21 @@ pub fn validate(items: &[Item], limits: &Limits) -> Result<Vec<NewPayment>, Vec<
             // Numbers keep their exact text (serde_json arbitrary_precision): no float rounding.
             Some(serde_json::Value::Number(n)) => Some(n.to_string()),
             None | Some(serde_json::Value::Null) => {
-                errors.push(err(i, "amount", "amount.missing", "amount is required, e.g. \"100.50\""));
+                errors.push(err(
+                    i,
+                    "amount",
+                    "amount.missing",
+                    "amount is required, e.g. \"100.50\"",
+                ));
                 None
             }
             Some(_) => {
-                errors.push(err(i, "amount", "amount.invalid", "amount must be a decimal string such as \"100.50\""));
+                errors.push(err(
+                    i,
+                    "amount",
+                    "amount.invalid",
+                    "amount must be a decimal string such as \"100.50\"",
+                ));
                 None
             }
         };
@@ -279,8 +310,12 @@ mod tests {
     #[test]
     fn every_bad_item_is_listed() {
         let items = vec![
-            item(json!({"reference_id": "a", "payee_fa": "mobile:1@mtn", "amount": "1.00", "currency": "KES"})),
-            item(json!({"reference_id": "a", "payee_fa": "nonsense", "amount": "1.001", "currency": "KES"})),
+            item(
+                json!({"reference_id": "a", "payee_fa": "mobile:1@mtn", "amount": "1.00", "currency": "KES"}),
+            ),
+            item(
+                json!({"reference_id": "a", "payee_fa": "nonsense", "amount": "1.001", "currency": "KES"}),
+            ),
             item(json!({"payee_id_type": "MSISDN", "amount": 5, "currency": "XYZ"})),
         ];
         let errs = validate(&items, &Limits::default()).unwrap_err();
@@ -296,9 +331,10 @@ mod tests {
 
     #[test]
     fn json_number_amounts_are_exact() {
-        let v: serde_json::Value =
-            serde_json::from_str(r#"{"reference_id":"r","payee_fa":"mobile:1@mtn","amount":100.10,"currency":"USD"}"#)
-                .expect("json");
+        let v: serde_json::Value = serde_json::from_str(
+            r#"{"reference_id":"r","payee_fa":"mobile:1@mtn","amount":100.10,"currency":"USD"}"#,
+        )
+        .expect("json");
         let ok = validate(&[item(v)], &Limits::default()).expect("valid");
         assert_eq!(ok[0].amount_minor, 10010);
     }

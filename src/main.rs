@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use pil::config::Settings;
 
 #[derive(Parser)]
-#[command(name = "pil", version, about = "Payment interoperability layer for G2P cash programmes")]
+#[command(
+    name = "pil",
+    version,
+    about = "Payment interoperability layer for G2P cash programmes"
+)]
 struct Cli {
     /// Configuration file (default: ./pil.toml when present). PIL_* variables override it.
     #[arg(long, global = true, env = "PIL_CONFIG")]
@@ -193,7 +197,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     simulator_listen,
                 },
             ))?;
-            Ok(if ok || !exit { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok || !exit {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

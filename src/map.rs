@@ -8,7 +8,7 @@ use rhai::{Dynamic, Map};
 
 use crate::executor::{Body, DfspRequest, DfspResponse};
 use crate::script::convert::{dynamic_to_json, json_to_dynamic, str_or_unit};
-use crate::script::{map_str, Adapter, ScriptError};
+use crate::script::{Adapter, ScriptError, map_str};
 
 /// The status a DFSP message reports, as scripts return it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +51,12 @@ impl Adapter {
         }
     }
 
-    pub fn build_request(&self, engine: &rhai::Engine, payment: Dynamic, ctx: Dynamic) -> Result<DfspRequest, ScriptError> {
+    pub fn build_request(
+        &self,
+        engine: &rhai::Engine,
+        payment: Dynamic,
+        ctx: Dynamic,
+    ) -> Result<DfspRequest, ScriptError> {
         let out = self.script.call(engine, "build_request", (payment, ctx))?;
         self.request_from(out, "build_request")
     }
@@ -78,11 +83,9 @@ impl Adapter {
         payment: Dynamic,
         response: &DfspResponse,
     ) -> Result<Outcome, ScriptError> {
-        let out = self.script.call(
-            engine,
-            "parse_response",
-            (payment, response_map(response)),
-        )?;
+        let out = self
+            .script
+            .call(engine, "parse_response", (payment, response_map(response)))?;
         self.outcome_from(&out, "parse_response")
     }
 
@@ -127,9 +130,8 @@ impl Adapter {
         } else if let Some(r) = map_str(&m, "reference_id") {
             CallbackMatch::ReferenceId(r)
         } else {
-            return Err(self.fail(
-                "parse_callback: 'match' needs one of payment_id, dfsp_ref, reference_id",
-            ));
+            return Err(self
+                .fail("parse_callback: 'match' needs one of payment_id, dfsp_ref, reference_id"));
         };
         Ok(Some((matcher, self.outcome_from(&out, "parse_callback")?)))
     }
@@ -175,9 +177,9 @@ impl Adapter {
     }
 
     fn outcome_from(&self, out: &Dynamic, func: &str) -> Result<Outcome, ScriptError> {
-        let map = out
-            .read_lock::<Map>()
-            .ok_or_else(|| self.fail(format!("{func} must return a map, got {}", out.type_name())))?;
+        let map = out.read_lock::<Map>().ok_or_else(|| {
+            self.fail(format!("{func} must return a map, got {}", out.type_name()))
+        })?;
         let status = map_str(&map, "status")
             .ok_or_else(|| self.fail(format!("{func}: 'status' is required")))?;
         let status = match status.as_str() {

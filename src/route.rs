@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rhai::{Array, Dynamic, Map};
 
 use crate::executor::DfspClient;
-use crate::script::{map_str, Bundle, ScriptError};
+use crate::script::{Bundle, ScriptError, map_str};
 
 /// The scripts in force plus one HTTP client per adapter, swapped together.
 #[derive(Debug)]
@@ -22,7 +22,10 @@ impl Live {
     pub fn new(bundle: Bundle) -> Result<Live, crate::executor::ExecutorError> {
         let mut clients = BTreeMap::new();
         for (id, adapter) in &bundle.adapters {
-            clients.insert(id.clone(), Arc::new(DfspClient::new(adapter.config.clone())?));
+            clients.insert(
+                id.clone(),
+                Arc::new(DfspClient::new(adapter.config.clone())?),
+            );
         }
         Ok(Live {
             bundle: Arc::new(bundle),
@@ -71,7 +74,10 @@ impl Live {
 pub enum Decision {
     /// First choice, then fallbacks, in order. Never empty.
     Dfsps(Vec<String>),
-    Reject { code: String, message: String },
+    Reject {
+        code: String,
+        message: String,
+    },
 }
 
 /// Runs the routing rules for one payment (given as its script map).
@@ -87,13 +93,16 @@ pub fn route(bundle: &Bundle, payment: Dynamic, ctx: Dynamic) -> Result<Decision
     let ids: Vec<String> = if out.is_string() {
         vec![out.to_string()]
     } else if out.is_array() {
-        let arr = out.read_lock::<Array>().ok_or_else(|| fail("route: array is locked".into()))?;
+        let arr = out
+            .read_lock::<Array>()
+            .ok_or_else(|| fail("route: array is locked".into()))?;
         arr.iter().map(|v| v.to_string()).collect()
     } else if out.is_map() {
-        let map = out.read_lock::<Map>().ok_or_else(|| fail("route: map is locked".into()))?;
-        let code = map_str(&map, "reject").ok_or_else(|| {
-            fail("route: a map result must have 'reject' (a reason code)".into())
-        })?;
+        let map = out
+            .read_lock::<Map>()
+            .ok_or_else(|| fail("route: map is locked".into()))?;
+        let code = map_str(&map, "reject")
+            .ok_or_else(|| fail("route: a map result must have 'reject' (a reason code)".into()))?;
         return Ok(Decision::Reject {
             message: map_str(&map, "message").unwrap_or_else(|| code.clone()),
             code,
@@ -107,7 +116,10 @@ pub fn route(bundle: &Bundle, payment: Dynamic, ctx: Dynamic) -> Result<Decision
     if ids.is_empty() {
         return Err(fail("route returned no DFSP".into()));
     }
-    if let Some(unknown) = ids.iter().find(|id| !bundle.adapters.contains_key(id.as_str())) {
+    if let Some(unknown) = ids
+        .iter()
+        .find(|id| !bundle.adapters.contains_key(id.as_str()))
+    {
         return Err(fail(format!("route returned unknown DFSP '{unknown}'")));
     }
     Ok(Decision::Dfsps(ids))

@@ -14,7 +14,7 @@ use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::dispatch::{DispatchSettings, Dispatcher};
 use crate::route::Live;
-use crate::script::{engine, Bundle};
+use crate::script::{Bundle, engine};
 use crate::store::{self, Writer};
 
 pub struct Application {

@@ -12,9 +12,9 @@ use crate::executor::Body;
 use crate::ingest::{self, Item};
 use crate::money::{Currency, Money};
 use crate::payment::{Payment, Status};
-use crate::route::{route, Decision};
+use crate::route::{Decision, route};
 use crate::script::convert::{json_to_dynamic, payment_map};
-use crate::script::{engine, Bundle, LoadErrors};
+use crate::script::{Bundle, LoadErrors, engine};
 
 /// Compiles and validates all scripts and adapter configs under `rules_dir` / `adapters_dir`.
 pub fn check(rules_dir: &Path, adapters_dir: &Path) -> Result<Bundle, LoadErrors> {
@@ -48,7 +48,11 @@ pub fn dry_run(bundle: &Bundle, input: &serde_json::Value) -> Result<serde_json:
         id: row.id.clone(),
         batch_id: "dry-run".into(),
         seq: 0,
-        sender_id: input.get("sender_id").and_then(|v| v.as_str()).unwrap_or("default").into(),
+        sender_id: input
+            .get("sender_id")
+            .and_then(|v| v.as_str())
+            .unwrap_or("default")
+            .into(),
         reference_id: row.reference_id.clone(),
         payee_fa: row.payee_fa.clone(),
         payee_id_type: row.payee_id_type.clone(),
@@ -74,27 +78,39 @@ pub fn dry_run(bundle: &Bundle, input: &serde_json::Value) -> Result<serde_json:
     };
     let map = payment_map(&payment, None);
     let live_ctx = routing_ctx(bundle, now);
-    let decision = route(bundle, Dynamic::from_map(map.clone()), live_ctx).map_err(|e| e.to_string())?;
+    let decision =
+        route(bundle, Dynamic::from_map(map.clone()), live_ctx).map_err(|e| e.to_string())?;
     let ids = match decision {
         Decision::Reject { code, message } => {
-            return Ok(json!({"routing_version": bundle.routing.version, "decision": {"reject": code, "message": message}}));
+            return Ok(
+                json!({"routing_version": bundle.routing.version, "decision": {"reject": code, "message": message}}),
+            );
         }
         Decision::Dfsps(ids) => ids,
     };
     let mut candidates = Vec::new();
     for id in &ids {
-        let Some(adapter) = bundle.adapter(id) else { continue };
+        let Some(adapter) = bundle.adapter(id) else {
+            continue;
+        };
         let key = "00000000-0000-4000-8000-000000000000";
         let mut ctx = Map::new();
         ctx.insert("now".into(), Dynamic::from_int(now));
         ctx.insert("idempotency_key".into(), key.into());
-        ctx.insert("callback_url".into(), format!("http://<public_url>/callbacks/{id}").into());
+        ctx.insert(
+            "callback_url".into(),
+            format!("http://<public_url>/callbacks/{id}").into(),
+        );
         ctx.insert("attempt".into(), Dynamic::from_int(1));
         ctx.insert("settings".into(), json_to_dynamic(&adapter.config.settings));
         let mut pmap = map.clone();
         pmap.insert("idempotency_key".into(), key.into());
         pmap.insert("dfsp".into(), id.clone().into());
-        let request = match adapter.build_request(&bundle.engine, Dynamic::from_map(pmap), Dynamic::from_map(ctx)) {
+        let request = match adapter.build_request(
+            &bundle.engine,
+            Dynamic::from_map(pmap),
+            Dynamic::from_map(ctx),
+        ) {
             Ok(r) => r,
             Err(e) => {
                 candidates.push(json!({"dfsp": id, "error": e.to_string()}));

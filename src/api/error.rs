@@ -1,9 +1,9 @@
 //! The API's one error type: every failure becomes `{error: {code, message, details}}` with the
 //! right status. Internal errors are logged and hidden from clients.
 
+use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -64,11 +64,19 @@ impl ApiError {
             ApiError::Unprocessable { code, details, .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, code, details.clone())
             }
-            ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Value::Null),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Value::Null),
-            ApiError::Store(_) | ApiError::Internal(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", Value::Null)
+            ApiError::TooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                Value::Null,
+            ),
+            ApiError::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Value::Null)
             }
+            ApiError::Store(_) | ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                Value::Null,
+            ),
         }
     }
 }

@@ -18,7 +18,7 @@ use utoipa::OpenApi;
 
 use crate::clock::now_ms;
 use crate::config::Settings;
-use crate::follow::{handle_callback, CallbackError, CallbackOutcome};
+use crate::follow::{CallbackError, CallbackOutcome, handle_callback};
 use crate::route::Live;
 use crate::store::{RawCallback, Store, Writer};
 use error::ApiError;
@@ -59,11 +59,20 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/batches", post(native::submit_batch))
         .route("/api/v1/batches/{id}", get(native::get_batch))
-        .route("/api/v1/batches/{id}/payments", get(native::list_batch_payments))
+        .route(
+            "/api/v1/batches/{id}/payments",
+            get(native::list_batch_payments),
+        )
         .route("/api/v1/payments/{id}", get(native::get_payment))
         .route("/api/v1/payments/{id}/cancel", post(native::cancel_payment))
-        .route("/callbacks/{dfsp}", post(dfsp_callback_root).put(dfsp_callback_root))
-        .route("/callbacks/{dfsp}/{*rest}", post(dfsp_callback).put(dfsp_callback))
+        .route(
+            "/callbacks/{dfsp}",
+            post(dfsp_callback_root).put(dfsp_callback_root),
+        )
+        .route(
+            "/callbacks/{dfsp}/{*rest}",
+            post(dfsp_callback).put(dfsp_callback),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))

@@ -1,16 +1,16 @@
 //! PIL's own REST API (`/api/v1`): submit batches, read batches and payments with their
 //! history, cancel a payment before it is sent. Amounts are decimal strings.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, ErrorBody};
 use super::AppState;
+use super::error::{ApiError, ErrorBody};
 use crate::clock::{now_ms, rfc3339};
 use crate::ingest::{self, Item};
 use crate::payment::{Change, Payment, Status};
@@ -265,7 +265,11 @@ pub async fn submit_batch(
         message: format!(
             "{} problem(s) in {} payment(s); nothing was stored",
             errors.len(),
-            errors.iter().map(|e| e.index).collect::<std::collections::BTreeSet<_>>().len()
+            errors
+                .iter()
+                .map(|e| e.index)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
         ),
         details: serde_json::json!({ "items": errors }),
     })?;
@@ -286,9 +290,9 @@ pub async fn submit_batch(
         }),
         BatchInsert::DuplicateReferences(refs) => {
             let index_of = |r: &str| {
-                items.iter().position(|i| {
-                    i.reference_id.as_ref().and_then(|v| v.as_str()) == Some(r)
-                })
+                items
+                    .iter()
+                    .position(|i| i.reference_id.as_ref().and_then(|v| v.as_str()) == Some(r))
             };
             let details: Vec<_> = refs
                 .iter()
@@ -323,24 +327,40 @@ pub async fn get_batch(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<BatchView>, ApiError> {
-    let b = state.store.get_batch(&id).await?.ok_or_else(|| ApiError::NotFound {
-        message: format!("no batch '{id}'"),
-    })?;
+    let b = state
+        .store
+        .get_batch(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound {
+            message: format!("no batch '{id}'"),
+        })?;
     let totals = state.store.batch_totals(&id).await?;
-    let final_count: i64 = totals.iter().filter(|t| t.status.is_final()).map(|t| t.count).sum();
+    let final_count: i64 = totals
+        .iter()
+        .filter(|t| t.status.is_final())
+        .map(|t| t.count)
+        .sum();
     let totals = totals
         .into_iter()
         .map(|t| StatusTotalView {
             status: t.status,
             amount: crate::money::Currency::from_code(&t.currency)
-                .map(|c| crate::money::Money::from_minor(t.amount_minor, c).to_decimal().to_string())
+                .map(|c| {
+                    crate::money::Money::from_minor(t.amount_minor, c)
+                        .to_decimal()
+                        .to_string()
+                })
                 .unwrap_or_else(|_| t.amount_minor.to_string()),
             currency: t.currency,
             count: t.count,
         })
         .collect();
     Ok(Json(BatchView {
-        progress_percent: if b.payment_count == 0 { 100 } else { final_count * 100 / b.payment_count },
+        progress_percent: if b.payment_count == 0 {
+            100
+        } else {
+            final_count * 100 / b.payment_count
+        },
         id: b.id,
         batch_id: b.batch_id,
         sender_id: b.sender_id,
@@ -401,9 +421,13 @@ pub async fn get_payment(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<PaymentView>, ApiError> {
-    let p = state.store.get_payment(&id).await?.ok_or_else(|| ApiError::NotFound {
-        message: format!("no payment '{id}'"),
-    })?;
+    let p = state
+        .store
+        .get_payment(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound {
+            message: format!("no payment '{id}'"),
+        })?;
     let mut view = PaymentView::of(&p);
     view.history = Some(
         state
@@ -459,9 +483,13 @@ pub async fn cancel_payment(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<PaymentView>, ApiError> {
-    let p = state.store.get_payment(&id).await?.ok_or_else(|| ApiError::NotFound {
-        message: format!("no payment '{id}'"),
-    })?;
+    let p = state
+        .store
+        .get_payment(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound {
+            message: format!("no payment '{id}'"),
+        })?;
     let not_cancellable = |status: Status| ApiError::Conflict {
         code: "not_cancellable",
         message: if status.may_have_reached_dfsp() {
@@ -476,12 +504,24 @@ pub async fn cancel_payment(
             f.reason_code = Some("cancelled".into());
             f.reason = Some("cancelled through the API".into());
         })
-        .step(Status::Cancelled, Some("cancelled"), Some("cancelled through the API".into()))
+        .step(
+            Status::Cancelled,
+            Some("cancelled"),
+            Some("cancelled through the API".into()),
+        )
         .map_err(|_| not_cancellable(p.status))?;
-    let applied = state.writer.apply(vec![change]).await.map_err(ApiError::Internal)?;
-    let now = state.store.get_payment(&id).await?.ok_or_else(|| ApiError::NotFound {
-        message: format!("no payment '{id}'"),
-    })?;
+    let applied = state
+        .writer
+        .apply(vec![change])
+        .await
+        .map_err(ApiError::Internal)?;
+    let now = state
+        .store
+        .get_payment(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound {
+            message: format!("no payment '{id}'"),
+        })?;
     if applied.first() != Some(&Applied::Done) {
         // The dispatcher moved it first.
         return Err(not_cancellable(now.status));

@@ -36,7 +36,10 @@ pub fn payment_map(p: &Payment, attributes: Option<&serde_json::Value>) -> Map {
             Dynamic::from_map(f)
         });
     m.insert("fa".into(), fa);
-    m.insert("payee_id_type".into(), str_or_unit(p.payee_id_type.as_deref()));
+    m.insert(
+        "payee_id_type".into(),
+        str_or_unit(p.payee_id_type.as_deref()),
+    );
     m.insert(
         "payee_id_value".into(),
         str_or_unit(p.payee_id_value.as_deref()),
@@ -117,7 +120,11 @@ pub fn dynamic_to_json(d: &Dynamic) -> Result<serde_json::Value, String> {
     }
     if d.is_array() {
         let arr = d.read_lock::<Array>().ok_or("array is locked")?;
-        return arr.iter().map(dynamic_to_json).collect::<Result<_, _>>().map(Value::Array);
+        return arr
+            .iter()
+            .map(dynamic_to_json)
+            .collect::<Result<_, _>>()
+            .map(Value::Array);
     }
     if d.is_map() {
         let map = d.read_lock::<Map>().ok_or("map is locked")?;
@@ -147,7 +154,10 @@ mod tests {
         assert_eq!(m["b"].as_decimal().expect("decimal").to_string(), "0.10");
         assert_eq!(m["c"].as_int().expect("int"), 7);
         let back = dynamic_to_json(&d).expect("json");
-        assert_eq!(back.to_string(), r#"{"a":12345678901234.5678,"b":0.10,"c":7}"#);
+        assert_eq!(
+            back.to_string(),
+            r#"{"a":12345678901234.5678,"b":0.10,"c":7}"#
+        );
     }
 
     #[test]

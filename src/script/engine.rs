@@ -76,16 +76,26 @@ pub fn build() -> Engine {
 
 fn register_helpers(e: &mut Engine) {
     // Amounts in the DFSP's own style.
-    e.register_fn("fmt_fixed", |amount: Decimal, scale: INT| -> HelperResult<String> {
-        money::format_fixed(amount, scale_of(scale)?).map_err(|err| helper_err(err.to_string()))
-    });
+    e.register_fn(
+        "fmt_fixed",
+        |amount: Decimal, scale: INT| -> HelperResult<String> {
+            money::format_fixed(amount, scale_of(scale)?).map_err(|err| helper_err(err.to_string()))
+        },
+    );
     e.register_fn("fmt_canonical", money::format_canonical);
-    e.register_fn("to_minor", |amount: Decimal, scale: INT| -> HelperResult<INT> {
-        money::to_minor_units(amount, scale_of(scale)?).map_err(|err| helper_err(err.to_string()))
-    });
-    e.register_fn("from_minor", |minor: INT, scale: INT| -> HelperResult<Decimal> {
-        Ok(money::from_minor_units(minor, scale_of(scale)?))
-    });
+    e.register_fn(
+        "to_minor",
+        |amount: Decimal, scale: INT| -> HelperResult<INT> {
+            money::to_minor_units(amount, scale_of(scale)?)
+                .map_err(|err| helper_err(err.to_string()))
+        },
+    );
+    e.register_fn(
+        "from_minor",
+        |minor: INT, scale: INT| -> HelperResult<Decimal> {
+            Ok(money::from_minor_units(minor, scale_of(scale)?))
+        },
+    );
     e.register_fn("is_whole", |amount: Decimal| amount.fract().is_zero());
 
     // Identifiers, encodings and signatures.
@@ -99,7 +109,9 @@ fn register_helpers(e: &mut Engine) {
             .map_err(|err| helper_err(format!("base64_decode: {err}")))?;
         String::from_utf8(bytes).map_err(|_| helper_err("base64_decode: not UTF-8 text"))
     });
-    e.register_fn("sha256_hex", |s: &str| hex::encode(Sha256::digest(s.as_bytes())));
+    e.register_fn("sha256_hex", |s: &str| {
+        hex::encode(Sha256::digest(s.as_bytes()))
+    });
     e.register_fn(
         "hmac_sha256_hex",
         |key: &str, msg: &str| -> HelperResult<String> { Ok(hex::encode(hmac(key, msg)?)) },
@@ -112,15 +124,18 @@ fn register_helpers(e: &mut Engine) {
     );
 
     // Time: scripts get `ctx.now` (unix ms) and format it; they never read the clock.
-    e.register_fn("format_time", |ms: INT, fmt: &str| -> HelperResult<String> {
-        let t = chrono::DateTime::from_timestamp_millis(ms)
-            .ok_or_else(|| helper_err(format!("format_time: {ms} is not a valid time")))?;
-        let mut out = String::new();
-        use std::fmt::Write;
-        write!(out, "{}", t.format(fmt))
-            .map_err(|_| helper_err(format!("format_time: bad format '{fmt}'")))?;
-        Ok(out)
-    });
+    e.register_fn(
+        "format_time",
+        |ms: INT, fmt: &str| -> HelperResult<String> {
+            let t = chrono::DateTime::from_timestamp_millis(ms)
+                .ok_or_else(|| helper_err(format!("format_time: {ms} is not a valid time")))?;
+            let mut out = String::new();
+            use std::fmt::Write;
+            write!(out, "{}", t.format(fmt))
+                .map_err(|_| helper_err(format!("format_time: bad format '{fmt}'")))?;
+            Ok(out)
+        },
+    );
     e.register_fn("rfc3339", |ms: INT| -> HelperResult<String> {
         chrono::DateTime::from_timestamp_millis(ms)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
@@ -219,10 +234,16 @@ mod tests {
             "100.5"
         );
         assert_eq!(
-            eval("to_minor(12.34, 2)").expect("eval").as_int().expect("int"),
+            eval("to_minor(12.34, 2)")
+                .expect("eval")
+                .as_int()
+                .expect("int"),
             1234
         );
-        assert!(eval("fmt_fixed(1.005, 2)").is_err(), "must not round away digits");
+        assert!(
+            eval("fmt_fixed(1.005, 2)").is_err(),
+            "must not round away digits"
+        );
         assert_eq!(
             eval("from_minor(1234, 2)").expect("eval").to_string(),
             "12.34"
@@ -247,7 +268,9 @@ mod tests {
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
         assert_eq!(
-            eval(r#"xml_escape("a<b & 'c'")"#).expect("eval").to_string(),
+            eval(r#"xml_escape("a<b & 'c'")"#)
+                .expect("eval")
+                .to_string(),
             "a&lt;b &amp; &apos;c&apos;"
         );
         assert_eq!(
@@ -256,7 +279,10 @@ mod tests {
                 .to_string(),
             "1970-01-01T00:00:00"
         );
-        assert_eq!(eval("uuid_v4().len()").expect("eval").as_int().ok(), Some(36));
+        assert_eq!(
+            eval("uuid_v4().len()").expect("eval").as_int().ok(),
+            Some(36)
+        );
     }
 
     #[test]
@@ -268,12 +294,15 @@ mod tests {
         let engine = build();
         let err = engine.compile("eval(\"1\")").unwrap_err();
         assert!(err.to_string().contains("eval"), "{err}");
-        let err = engine.compile("import \"x\" as y;").map(|ast| {
-            with_deadline(|| engine.run_ast(&ast))
-        });
+        let err = engine
+            .compile("import \"x\" as y;")
+            .map(|ast| with_deadline(|| engine.run_ast(&ast)));
         assert!(!matches!(err, Ok(Ok(()))), "import must not work");
         let err = eval("fn f(n) { f(n + 1) } f(0)").unwrap_err();
-        assert!(err.to_string().contains("Stack overflow") || err.to_string().contains("call"), "{err}");
+        assert!(
+            err.to_string().contains("Stack overflow") || err.to_string().contains("call"),
+            "{err}"
+        );
         let err = engine.compile("fn f() { undefined_var }").unwrap_err();
         assert!(err.to_string().contains("undefined_var"), "{err}");
         let err = eval("let m = #{a: 1}; m.b").unwrap_err();

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST};
+use rhai::{AST, CallFnOptions, Dynamic, Engine, EvalAltResult, Map, Position, Scope};
 use sha2::{Digest, Sha256};
 
 use crate::adapter::{AdapterConfig, ConfigError};
@@ -94,9 +94,9 @@ impl Script {
     }
 
     pub fn compile_text(engine: &Engine, file: &str, text: &str) -> Result<Script, ScriptError> {
-        let mut ast = engine.compile(text).map_err(|e| {
-            ScriptError::at(file, e.position(), strip_position(&e.to_string()))
-        })?;
+        let mut ast = engine
+            .compile(text)
+            .map_err(|e| ScriptError::at(file, e.position(), strip_position(&e.to_string())))?;
         ast.set_source(file);
         Ok(Script {
             file: file.to_string(),
@@ -291,9 +291,7 @@ fn load_adapter(engine: &Engine, dir: &Path) -> Result<Adapter, Vec<ScriptError>
 
 /// Reads a field of a script result map as an optional string.
 pub fn map_str(map: &Map, key: &str) -> Option<String> {
-    map.get(key)
-        .filter(|v| !v.is_unit())
-        .map(|v| v.to_string())
+    map.get(key).filter(|v| !v.is_unit()).map(|v| v.to_string())
 }
 
 #[cfg(test)]

@@ -103,8 +103,14 @@ pub enum Claim {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
     Id(String),
-    DfspRef { dfsp: String, dfsp_ref: String },
-    Reference { sender_id: Option<String>, reference_id: String },
+    DfspRef {
+        dfsp: String,
+        dfsp_ref: String,
+    },
+    Reference {
+        sender_id: Option<String>,
+        reference_id: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -221,7 +227,10 @@ impl Writer {
                         Err(_) => break,
                     }
                 }
-                let all: Vec<Change> = jobs.iter().flat_map(|j| j.changes.iter().cloned()).collect();
+                let all: Vec<Change> = jobs
+                    .iter()
+                    .flat_map(|j| j.changes.iter().cloned())
+                    .collect();
                 let result = store.apply(&all, crate::clock::now_ms()).await;
                 match result {
                     Ok(applied) => {

@@ -276,9 +276,7 @@ impl Store for SqliteStore {
         }
         if duplicate {
             tx.rollback().await?;
-            let dups = self
-                .existing_references(&batch.sender_id, payments)
-                .await?;
+            let dups = self.existing_references(&batch.sender_id, payments).await?;
             return Ok(BatchInsert::DuplicateReferences(dups));
         }
         tx.commit().await?;

@@ -1,8 +1,8 @@
 //! Ingest: validation errors, idempotency, cancel rules.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use crate::helpers::{payment, spawn_with, status, TestApp};
+use crate::helpers::{TestApp, payment, spawn_with, status};
 
 async fn api_only() -> TestApp {
     spawn_with(Default::default(), |s, _| {
@@ -37,21 +37,68 @@ async fn every_bad_item_is_reported_and_nothing_is_stored() {
     let app = api_only().await;
     let good = payment("ok-1", "mobile:256700000001@mtn", "10.00");
     let cases: Vec<(Value, &str, &str)> = vec![
-        (json!({"reference_id": "a", "payee_fa": "mobile:1@mtn", "currency": "KES"}), "amount", "amount.missing"),
-        (payment("b", "mobile:1@mtn", "10.001"), "amount", "amount.scale"),
-        (payment("c", "mobile:1@mtn", "0"), "amount", "amount.not_positive"),
-        (payment("d", "mobile:1@mtn", "-5"), "amount", "amount.not_positive"),
-        (payment("e", "mobile:1@mtn", "1e3"), "amount", "amount.invalid"),
-        (payment("f", "mobile:1@mtn", "99999999999999999999999999999"), "amount", "amount.overflow"),
-        (json!({"reference_id": "g", "payee_fa": "mobile:1@mtn", "amount": "1", "currency": "XYZ"}), "currency", "currency_code.invalid"),
-        (payment("h", "not-an-address", "1.00"), "payee_fa", "payee_fa.invalid"),
-        (json!({"reference_id": "i", "amount": "1", "currency": "KES"}), "payee_fa", "payee_fa.missing"),
-        (json!({"payee_fa": "mobile:1@mtn", "amount": "1", "currency": "KES"}), "reference_id", "reference_id.missing"),
-        (payment("ok-1", "mobile:256700000002@mtn", "1.00"), "reference_id", "reference_id.duplicate"),
+        (
+            json!({"reference_id": "a", "payee_fa": "mobile:1@mtn", "currency": "KES"}),
+            "amount",
+            "amount.missing",
+        ),
+        (
+            payment("b", "mobile:1@mtn", "10.001"),
+            "amount",
+            "amount.scale",
+        ),
+        (
+            payment("c", "mobile:1@mtn", "0"),
+            "amount",
+            "amount.not_positive",
+        ),
+        (
+            payment("d", "mobile:1@mtn", "-5"),
+            "amount",
+            "amount.not_positive",
+        ),
+        (
+            payment("e", "mobile:1@mtn", "1e3"),
+            "amount",
+            "amount.invalid",
+        ),
+        (
+            payment("f", "mobile:1@mtn", "99999999999999999999999999999"),
+            "amount",
+            "amount.overflow",
+        ),
+        (
+            json!({"reference_id": "g", "payee_fa": "mobile:1@mtn", "amount": "1", "currency": "XYZ"}),
+            "currency",
+            "currency_code.invalid",
+        ),
+        (
+            payment("h", "not-an-address", "1.00"),
+            "payee_fa",
+            "payee_fa.invalid",
+        ),
+        (
+            json!({"reference_id": "i", "amount": "1", "currency": "KES"}),
+            "payee_fa",
+            "payee_fa.missing",
+        ),
+        (
+            json!({"payee_fa": "mobile:1@mtn", "amount": "1", "currency": "KES"}),
+            "reference_id",
+            "reference_id.missing",
+        ),
+        (
+            payment("ok-1", "mobile:256700000002@mtn", "1.00"),
+            "reference_id",
+            "reference_id.duplicate",
+        ),
     ];
     for (bad, field, code) in &cases {
         let (st, body) = app
-            .post("/api/v1/batches", &json!({"batch_id": "b1", "payments": [good.clone(), bad.clone()]}))
+            .post(
+                "/api/v1/batches",
+                &json!({"batch_id": "b1", "payments": [good.clone(), bad.clone()]}),
+            )
             .await;
         assert_eq!(st, 422, "{code}: {body}");
         assert_eq!(body["error"]["code"], "validation_failed", "{body}");
@@ -60,11 +107,19 @@ async fn every_bad_item_is_reported_and_nothing_is_stored() {
             found.contains(&(1, field.to_string(), code.to_string())),
             "expected index 1 {field} {code}, got {found:?}"
         );
-        assert!(!found.iter().any(|(i, _, _)| *i == 0), "good item flagged: {found:?}");
+        assert!(
+            !found.iter().any(|(i, _, _)| *i == 0),
+            "good item flagged: {found:?}"
+        );
     }
     // All bad items of one batch are listed together.
     let all: Vec<Value> = cases.iter().map(|(v, _, _)| v.clone()).collect();
-    let (st, body) = app.post("/api/v1/batches", &json!({"batch_id": "b2", "payments": all})).await;
+    let (st, body) = app
+        .post(
+            "/api/v1/batches",
+            &json!({"batch_id": "b2", "payments": all}),
+        )
+        .await;
     assert_eq!(st, 422);
     assert!(codes(&body).len() >= cases.len() - 1, "{body}");
     nothing_stored(&app).await;
@@ -84,7 +139,12 @@ async fn every_bad_item_is_reported_and_nothing_is_stored() {
     let many: Vec<Value> = (0..2000)
         .map(|i| payment(&format!("r{i}"), "mobile:256700000001@mtn", "1.00"))
         .collect();
-    let (st, body) = app.post("/api/v1/batches", &json!({"batch_id": "big", "payments": many})).await;
+    let (st, body) = app
+        .post(
+            "/api/v1/batches",
+            &json!({"batch_id": "big", "payments": many}),
+        )
+        .await;
     assert_eq!(st, 413, "{body}");
     assert_eq!(body["error"]["code"], "payload_too_large");
     nothing_stored(&app).await;
@@ -118,7 +178,10 @@ async fn resubmission_is_idempotent_and_conflicts_are_refused() {
         .post("/api/v1/batches", &json!({"batch_id": "other", "sender_id": "prog-a", "payments": [payment("p1", "mobile:256700000009@mtn", "1.00")]}))
         .await;
     assert_eq!(st, 422, "{err}");
-    assert_eq!(err["error"]["details"]["items"][0]["code"], "reference_id.duplicate");
+    assert_eq!(
+        err["error"]["details"]["items"][0]["code"],
+        "reference_id.duplicate"
+    );
     // ...but another sender may use it.
     let (st, _) = app
         .post("/api/v1/batches", &json!({"batch_id": "other", "sender_id": "prog-b", "payments": [payment("p1", "mobile:256700000009@mtn", "1.00")]}))
@@ -143,13 +206,22 @@ async fn cancel_only_before_sending() {
         .await;
     let p = app.payments(&batch).await.remove("x1").expect("x1");
     let id = p["id"].as_str().expect("id");
-    let (st, body) = app.post(&format!("/api/v1/payments/{id}/cancel"), &json!({})).await;
+    let (st, body) = app
+        .post(&format!("/api/v1/payments/{id}/cancel"), &json!({}))
+        .await;
     assert_eq!((st, status(&body)), (200, "cancelled"), "{body}");
-    let (st, body) = app.post(&format!("/api/v1/payments/{id}/cancel"), &json!({})).await;
+    let (st, body) = app
+        .post(&format!("/api/v1/payments/{id}/cancel"), &json!({}))
+        .await;
     assert_eq!(st, 409, "{body}");
     assert_eq!(body["error"]["code"], "not_cancellable");
     let (_, full) = app.get(&format!("/api/v1/payments/{id}")).await;
-    let history: Vec<&str> = full["history"].as_array().expect("history").iter().map(|e| e["to"].as_str().unwrap_or_default()).collect();
+    let history: Vec<&str> = full["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|e| e["to"].as_str().unwrap_or_default())
+        .collect();
     assert_eq!(history, ["received", "cancelled"]);
     let (st, _) = app.post("/api/v1/payments/nope/cancel", &json!({})).await;
     assert_eq!(st, 404);

@@ -17,7 +17,11 @@ fn pil_check(dir: &std::path::Path) -> std::process::Output {
 #[test]
 fn shipped_scripts_pass() {
     let out = pil_check(&repo());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("adapters/mtn-momo"), "{stdout}");
     assert!(stdout.contains("adapters/mojaloop-sdk"), "{stdout}");

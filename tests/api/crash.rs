@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pil::simulator::{self, SimConfig};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::helpers::install_scripts;
 
@@ -15,7 +15,10 @@ fn serve(dir: &std::path::Path, port: u16) -> Child {
         .arg("serve")
         .current_dir(dir)
         .env("PIL_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PIL_DATABASE_URL", format!("sqlite:{}", dir.join("pil.db").display()))
+        .env(
+            "PIL_DATABASE_URL",
+            format!("sqlite:{}", dir.join("pil.db").display()),
+        )
         .env("PIL_RULES_DIR", dir.join("rules"))
         .env("PIL_ADAPTERS_DIR", dir.join("adapters"))
         .env("PIL_LOG", "warn")
@@ -91,7 +94,10 @@ async fn kill_9_mid_batch_pays_nobody_twice() {
         .await
         .expect("submit");
     assert_eq!(r.status().as_u16(), 202);
-    let id = r.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_string();
+    let id = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
 
     // Kill while sending: some payments done, most not.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -118,14 +124,22 @@ async fn kill_9_mid_batch_pays_nobody_twice() {
         let mut cursor = String::new();
         loop {
             let page: Value = http
-                .get(format!("{base}/api/v1/batches/{id}/payments?limit=1000{cursor}"))
+                .get(format!(
+                    "{base}/api/v1/batches/{id}/payments?limit=1000{cursor}"
+                ))
                 .send()
                 .await
                 .expect("page")
                 .json()
                 .await
                 .expect("json");
-            all.extend(page["payments"].as_array().expect("payments").iter().cloned());
+            all.extend(
+                page["payments"]
+                    .as_array()
+                    .expect("payments")
+                    .iter()
+                    .cloned(),
+            );
             match page["next_cursor"].as_str() {
                 Some(c) => cursor = format!("&cursor={c}"),
                 None => break,

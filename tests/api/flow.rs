@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use pil::simulator::SimConfig;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::helpers::{payment, spawn_app, spawn_with, status};
 
@@ -20,8 +20,18 @@ async fn mixed_batch_reaches_the_expected_final_states() {
     let cases: Vec<(&str, String, &str, Option<&str>)> = vec![
         ("mtn-ok", mtn("256700000001"), "succeeded", None),
         ("mtn-ok-2", mtn("256700000002"), "succeeded", None),
-        ("mtn-failed", mtn("46733123450"), "failed", Some("INTERNAL_PROCESSING_ERROR")),
-        ("mtn-payee-not-found", mtn("46733123475"), "failed", Some("PAYEE_NOT_FOUND")),
+        (
+            "mtn-failed",
+            mtn("46733123450"),
+            "failed",
+            Some("INTERNAL_PROCESSING_ERROR"),
+        ),
+        (
+            "mtn-payee-not-found",
+            mtn("46733123475"),
+            "failed",
+            Some("PAYEE_NOT_FOUND"),
+        ),
         ("mtn-callback-lost", mtn("46733123471"), "succeeded", None),
         ("mtn-callback-twice", mtn("46733123472"), "succeeded", None),
         ("mtn-callback-early", mtn("46733123473"), "succeeded", None),
@@ -30,13 +40,26 @@ async fn mixed_batch_reaches_the_expected_final_states() {
         ("ml-ok", ml("256700000003"), "succeeded", None),
         ("ml-rejected", ml("46733123451"), "failed", Some("5104")),
         ("ml-no-funds", ml("46733123476"), "failed", Some("4001")),
-        ("account-ok", "account:12345@mojaloop".to_string(), "succeeded", None),
-        ("unroutable", "mobile:256700000004@nobank".to_string(), "rejected", Some("payee_fa.unroutable")),
+        (
+            "account-ok",
+            "account:12345@mojaloop".to_string(),
+            "succeeded",
+            None,
+        ),
+        (
+            "unroutable",
+            "mobile:256700000004@nobank".to_string(),
+            "rejected",
+            Some("payee_fa.unroutable"),
+        ),
     ];
     let batch = app
         .submit(
             "mixed",
-            cases.iter().map(|(r, fa, _, _)| payment(r, fa, "12.50")).collect(),
+            cases
+                .iter()
+                .map(|(r, fa, _, _)| payment(r, fa, "12.50"))
+                .collect(),
         )
         .await;
     let all = app.wait_final(&batch).await;
@@ -50,12 +73,18 @@ async fn mixed_batch_reaches_the_expected_final_states() {
         let id = p["id"].as_str().expect("id");
         let executed = stats.executed.get(id).copied().unwrap_or(0);
         let expected_executions = u64::from(*want == "succeeded");
-        assert_eq!(executed, expected_executions, "{reference} executed {executed} times");
+        assert_eq!(
+            executed, expected_executions,
+            "{reference} executed {executed} times"
+        );
     }
     // 429 was retried (two submissions, one execution); nothing else was submitted twice.
     let retried = all["mtn-429-then-ok"]["id"].as_str().expect("id");
     assert_eq!(stats.submissions.get(retried), Some(&2));
-    for (reference, _, _, _) in cases.iter().filter(|c| c.0 != "mtn-429-then-ok" && c.0 != "unroutable") {
+    for (reference, _, _, _) in cases
+        .iter()
+        .filter(|c| c.0 != "mtn-429-then-ok" && c.0 != "unroutable")
+    {
         let id = all[*reference]["id"].as_str().expect("id");
         assert_eq!(stats.submissions.get(id), Some(&1), "{reference}");
     }
@@ -63,11 +92,28 @@ async fn mixed_batch_reaches_the_expected_final_states() {
     // History: every step recorded with the script versions that routed and mapped it.
     let id = all["mtn-ok"]["id"].as_str().expect("id");
     let (_, full) = app.get(&format!("/api/v1/payments/{id}")).await;
-    let steps: Vec<&str> = full["history"].as_array().expect("history").iter().map(|e| e["to"].as_str().unwrap_or_default()).collect();
-    assert_eq!(steps, ["received", "routed", "sending", "accepted", "succeeded"], "{full}");
+    let steps: Vec<&str> = full["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|e| e["to"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        steps,
+        ["received", "routed", "sending", "accepted", "succeeded"],
+        "{full}"
+    );
     let routed = &full["history"][1];
-    assert!(routed["route_version"].as_str().is_some_and(|v| v.len() == 12), "{routed}");
-    assert!(full["history"][2]["adapter_version"].as_str().is_some(), "{full}");
+    assert!(
+        routed["route_version"]
+            .as_str()
+            .is_some_and(|v| v.len() == 12),
+        "{routed}"
+    );
+    assert!(
+        full["history"][2]["adapter_version"].as_str().is_some(),
+        "{full}"
+    );
     assert_eq!(full["dfsp"], "mtn-momo");
     assert_eq!(full["dispatch_attempts"][0]["http_status"], 202);
 
@@ -107,7 +153,12 @@ async fn a_timeout_is_resolved_by_status_query_never_by_resending() {
     // The Mojaloop SDK has no lookup without the transferId: it waits for an operator.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let all = app.payments(&batch).await;
-    assert_eq!(status(&all["ml-timeout"]), "unknown", "{}", all["ml-timeout"]);
+    assert_eq!(
+        status(&all["ml-timeout"]),
+        "unknown",
+        "{}",
+        all["ml-timeout"]
+    );
     let stats = app.sim.simulator.stats();
     for r in ["mtn-timeout", "ml-timeout"] {
         let id = all[r]["id"].as_str().expect("id");
@@ -120,8 +171,12 @@ async fn a_timeout_is_resolved_by_status_query_never_by_resending() {
 async fn duplicate_and_out_of_order_callbacks_are_harmless() {
     let app = spawn_app().await;
     // 453 stays PENDING at the simulator: PIL holds it in `accepted`.
-    let batch = app.submit("cb", vec![payment("pending", &mtn("46733123453"), "7.00")]).await;
-    let all = app.wait_until(&batch, Duration::from_secs(20), |p| status(p) == "accepted").await;
+    let batch = app
+        .submit("cb", vec![payment("pending", &mtn("46733123453"), "7.00")])
+        .await;
+    let all = app
+        .wait_until(&batch, Duration::from_secs(20), |p| status(p) == "accepted")
+        .await;
     let id = all["pending"]["id"].as_str().expect("id").to_string();
     let path = format!("/callbacks/mtn-momo/transfer/{id}");
     let success = json!({"amount": "7", "currency": "KES", "externalId": id, "financialTransactionId": "F1", "status": "SUCCESSFUL",
@@ -137,20 +192,49 @@ async fn duplicate_and_out_of_order_callbacks_are_harmless() {
             (r.status().as_u16(), r.json::<Value>().await.expect("json"))
         }
     };
-    assert_eq!(put(pending.clone()).await, (200, json!({"result": "no_change"})));
-    assert_eq!(put(success.clone()).await, (200, json!({"result": "applied"})));
-    assert_eq!(put(success.clone()).await, (200, json!({"result": "no_change"})));
+    assert_eq!(
+        put(pending.clone()).await,
+        (200, json!({"result": "no_change"}))
+    );
+    assert_eq!(
+        put(success.clone()).await,
+        (200, json!({"result": "applied"}))
+    );
+    assert_eq!(
+        put(success.clone()).await,
+        (200, json!({"result": "no_change"}))
+    );
     assert_eq!(put(pending).await, (200, json!({"result": "no_change"})));
     assert_eq!(put(failed).await, (200, json!({"result": "no_change"})));
     let (_, full) = app.get(&format!("/api/v1/payments/{id}")).await;
     assert_eq!(status(&full), "succeeded");
-    let succeeded_events = full["history"].as_array().expect("history").iter().filter(|e| e["to"] == "succeeded").count();
+    let succeeded_events = full["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|e| e["to"] == "succeeded")
+        .count();
     assert_eq!(succeeded_events, 1);
     // Callbacks for unknown DFSPs and payments are refused or recorded, never applied.
-    let r = app.http.post(format!("{}/callbacks/nobank/x", app.url)).json(&json!({})).send().await.expect("post");
+    let r = app
+        .http
+        .post(format!("{}/callbacks/nobank/x", app.url))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("post");
     assert_eq!(r.status().as_u16(), 404);
-    let r = app.http.post(format!("{}/callbacks/mtn-momo/transfer/nope", app.url)).json(&success).send().await.expect("post");
-    assert_eq!(r.json::<Value>().await.expect("json"), json!({"result": "unknown_payment"}));
+    let r = app
+        .http
+        .post(format!("{}/callbacks/mtn-momo/transfer/nope", app.url))
+        .json(&success)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        r.json::<Value>().await.expect("json"),
+        json!({"result": "unknown_payment"})
+    );
 }
 
 #[tokio::test]
@@ -183,10 +267,23 @@ async fn a_script_error_fails_only_its_payment() {
     assert_eq!(boom["reason_code"], "script_error");
     let reason = boom["reason"].as_str().expect("reason");
     let text = std::fs::read_to_string(app.dir.path().join("rules/routing.rhai")).expect("read");
-    let line = text.lines().position(|l| l.contains("no_such_field")).expect("line") + 1;
-    assert!(reason.contains(&format!("routing.rhai:{line}:")), "{reason}");
+    let line = text
+        .lines()
+        .position(|l| l.contains("no_such_field"))
+        .expect("line")
+        + 1;
+    assert!(
+        reason.contains(&format!("routing.rhai:{line}:")),
+        "{reason}"
+    );
     assert!(reason.contains("no_such_field"), "{reason}");
-    assert!(!app.sim.simulator.stats().submissions.contains_key(boom["id"].as_str().expect("id")));
+    assert!(
+        !app.sim
+            .simulator
+            .stats()
+            .submissions
+            .contains_key(boom["id"].as_str().expect("id"))
+    );
 }
 
 #[tokio::test]
@@ -194,7 +291,13 @@ async fn openapi_and_health_are_served() {
     let app = spawn_app().await;
     let (st, doc) = app.get("/openapi.json").await;
     assert_eq!(st, 200);
-    for path in ["/api/v1/batches", "/api/v1/batches/{id}", "/api/v1/batches/{id}/payments", "/api/v1/payments/{id}", "/api/v1/payments/{id}/cancel"] {
+    for path in [
+        "/api/v1/batches",
+        "/api/v1/batches/{id}",
+        "/api/v1/batches/{id}/payments",
+        "/api/v1/payments/{id}",
+        "/api/v1/payments/{id}/cancel",
+    ] {
         assert!(doc["paths"][path].is_object(), "missing {path}");
     }
     assert_eq!(app.get("/healthz").await.0, 200);
@@ -206,10 +309,17 @@ async fn openapi_and_health_are_served() {
 #[tokio::test]
 async fn cancel_after_sending_is_refused() {
     let app = spawn_app().await;
-    let batch = app.submit("late-cancel", vec![payment("sent", &mtn("256700000021"), "2.00")]).await;
+    let batch = app
+        .submit(
+            "late-cancel",
+            vec![payment("sent", &mtn("256700000021"), "2.00")],
+        )
+        .await;
     let all = app.wait_final(&batch).await;
     let id = all["sent"]["id"].as_str().expect("id");
-    let (st, body) = app.post(&format!("/api/v1/payments/{id}/cancel"), &json!({})).await;
+    let (st, body) = app
+        .post(&format!("/api/v1/payments/{id}/cancel"), &json!({}))
+        .await;
     assert_eq!(st, 409, "{body}");
     assert_eq!(body["error"]["code"], "not_cancellable");
 }

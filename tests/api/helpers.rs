@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 use pil::config::Settings;
 use pil::simulator::{self, RunningSimulator, SimConfig};
 use pil::startup::Application;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 pub struct TestApp {
     pub app: Application,
@@ -151,11 +151,16 @@ impl TestApp {
         let mut cursor = String::new();
         loop {
             let (status, page) = self
-                .get(&format!("/api/v1/batches/{batch}/payments?limit=500{cursor}"))
+                .get(&format!(
+                    "/api/v1/batches/{batch}/payments?limit=500{cursor}"
+                ))
                 .await;
             assert_eq!(status, 200, "{page}");
             for p in page["payments"].as_array().expect("payments") {
-                out.insert(p["reference_id"].as_str().expect("ref").to_string(), p.clone());
+                out.insert(
+                    p["reference_id"].as_str().expect("ref").to_string(),
+                    p.clone(),
+                );
             }
             match page["next_cursor"].as_str() {
                 Some(c) => cursor = format!("&cursor={c}"),
