@@ -12,7 +12,7 @@ use pil::config::Settings;
 use pil::payment::Status;
 use pil::simulator::{self, SimConfig};
 use pil::startup::Application;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -61,14 +61,24 @@ async fn app(dir: &std::path::Path, sim_url: &str, dispatch: bool) -> Applicatio
             let text = std::fs::read_to_string(&p).expect("read");
             let text: Vec<String> = text
                 .lines()
-                .map(|l| if l.starts_with("base_url") { format!("base_url = \"{sim_url}\"") } else { l.to_string() })
+                .map(|l| {
+                    if l.starts_with("base_url") {
+                        format!("base_url = \"{sim_url}\"")
+                    } else {
+                        l.to_string()
+                    }
+                })
                 .collect();
             std::fs::write(&p, text.join("\n")).expect("write");
         }
     }
     let settings = Settings {
         listen: "127.0.0.1:0".into(),
-        database_url: format!("sqlite:{}", dir.join(if dispatch { "e2e.db" } else { "accept.db" }).display()),
+        database_url: format!(
+            "sqlite:{}",
+            dir.join(if dispatch { "e2e.db" } else { "accept.db" })
+                .display()
+        ),
         rules_dir: dir.join("rules"),
         adapters_dir: dir.join("adapters"),
         max_body_bytes: 64 * 1024 * 1024,
@@ -79,13 +89,21 @@ async fn app(dir: &std::path::Path, sim_url: &str, dispatch: bool) -> Applicatio
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(run());
 }
 
 async fn run() {
-    let n: usize = std::env::var("PIL_BENCH_PAYMENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    let sim = simulator::spawn(SimConfig::default(), "127.0.0.1:0".parse().expect("addr")).await.expect("sim");
+    let n: usize = std::env::var("PIL_BENCH_PAYMENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let sim = simulator::spawn(SimConfig::default(), "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("sim");
     let dir = tempfile::tempdir().expect("tmp");
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(128)
@@ -101,7 +119,12 @@ async fn run() {
             let client = client.clone();
             let url = url.clone();
             async move {
-                let r = client.post(&url).json(&transfer_body(i)).send().await.expect("raw send");
+                let r = client
+                    .post(&url)
+                    .json(&transfer_body(i))
+                    .send()
+                    .await
+                    .expect("raw send");
                 assert!(r.status().is_success());
                 let _ = r.bytes().await;
             }
@@ -123,19 +146,34 @@ async fn run() {
         .await
         .expect("submit");
     assert_eq!(r.status().as_u16(), 202);
-    println!("100,000-payment batch accepted (stored) in {:.2} s", t.elapsed().as_secs_f64());
+    println!(
+        "100,000-payment batch accepted (stored) in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     drop(accept_app);
 
     // 3. End to end through the synchronous DFSP.
     let e2e = app(dir.path(), &sim.base_url(), true).await;
     let store = e2e.state.store.clone();
     let t = Instant::now();
-    let r = client.post(format!("{}/api/v1/batches", e2e.url())).json(&batch(n, "e2e")).send().await.expect("submit");
+    let r = client
+        .post(format!("{}/api/v1/batches", e2e.url()))
+        .json(&batch(n, "e2e"))
+        .send()
+        .await
+        .expect("submit");
     assert_eq!(r.status().as_u16(), 202);
-    let batch_id = r.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_string();
+    let batch_id = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     loop {
         let totals = store.batch_totals(&batch_id).await.expect("totals");
-        let done: i64 = totals.iter().filter(|t| t.status.is_final()).map(|t| t.count).sum();
+        let done: i64 = totals
+            .iter()
+            .filter(|t| t.status.is_final())
+            .map(|t| t.count)
+            .sum();
         if done as usize >= n {
             break;
         }
@@ -149,7 +187,10 @@ async fn run() {
     let mut cursor: Option<String> = None;
     let mut succeeded = 0;
     loop {
-        let page = store.batch_payments(&batch_id, None, cursor.as_deref(), 1000).await.expect("page");
+        let page = store
+            .batch_payments(&batch_id, None, cursor.as_deref(), 1000)
+            .await
+            .expect("page");
         for p in &page {
             latencies.push(p.updated_at - p.created_at);
             succeeded += usize::from(p.status == Status::Succeeded);
@@ -164,9 +205,18 @@ async fn run() {
     let rate = n as f64 / elapsed;
     let stats = sim.simulator.stats();
     let twice = stats.executed.values().filter(|v| **v > 1).count();
-    println!("end to end, synchronous DFSP (mojaloop-sdk): {n} payments in {elapsed:.2} s, {succeeded} succeeded, {twice} paid twice");
-    println!("  throughput: {rate:.0} payments/s  ({:.2} of the raw ceiling)", rate / raw);
-    println!("  accepted→final: p50 {} ms, p99 {} ms", pct(0.5), pct(0.99));
+    println!(
+        "end to end, synchronous DFSP (mojaloop-sdk): {n} payments in {elapsed:.2} s, {succeeded} succeeded, {twice} paid twice"
+    );
+    println!(
+        "  throughput: {rate:.0} payments/s  ({:.2} of the raw ceiling)",
+        rate / raw
+    );
+    println!(
+        "  accepted→final: p50 {} ms, p99 {} ms",
+        pct(0.5),
+        pct(0.99)
+    );
     println!("  peak RSS: {:.0} MB", peak_rss_mb());
     let _ = Arc::new(());
 }

@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use pil::money::{Currency, Money};
 use pil::payment::{Payment, Status};
-use pil::route::{route, Decision, Live};
+use pil::route::{Decision, Live, route};
 use pil::script::convert::{json_to_dynamic, payment_map};
-use pil::script::{engine, Bundle};
+use pil::script::{Bundle, engine};
 use rhai::{Dynamic, Map};
 use serde_json::json;
 
@@ -62,11 +62,19 @@ fn scripted(live: &Live, payments: &[Payment]) -> usize {
         let adapter = bundle.adapter(&ids[0]).expect("adapter");
         let mut ctx = Map::new();
         ctx.insert("now".into(), Dynamic::from_int(0));
-        ctx.insert("idempotency_key".into(), p.idempotency_key.clone().unwrap_or_default().into());
-        ctx.insert("callback_url".into(), "http://127.0.0.1:8080/callbacks/x".into());
+        ctx.insert(
+            "idempotency_key".into(),
+            p.idempotency_key.clone().unwrap_or_default().into(),
+        );
+        ctx.insert(
+            "callback_url".into(),
+            "http://127.0.0.1:8080/callbacks/x".into(),
+        );
         ctx.insert("attempt".into(), Dynamic::from_int(1));
         ctx.insert("settings".into(), json_to_dynamic(&adapter.config.settings));
-        let req = adapter.build_request(&bundle.engine, map, Dynamic::from_map(ctx)).expect("build");
+        let req = adapter
+            .build_request(&bundle.engine, map, Dynamic::from_map(ctx))
+            .expect("build");
         if let Some(pil::executor::Body::Json(v)) = &req.body {
             bytes += serde_json::to_vec(v).expect("json").len();
         }
@@ -77,7 +85,8 @@ fn scripted(live: &Live, payments: &[Payment]) -> usize {
 fn hand_written(payments: &[Payment]) -> usize {
     let mut bytes = 0;
     for p in payments {
-        let fa = pil::address::FinancialAddress::parse(p.payee_fa.as_deref().unwrap_or_default()).expect("fa");
+        let fa = pil::address::FinancialAddress::parse(p.payee_fa.as_deref().unwrap_or_default())
+            .expect("fa");
         let amount = pil::money::format_canonical(p.amount.to_decimal());
         let note = format!("G2P payment {}", p.reference_id);
         let body = if fa.provider == "mtn" {
@@ -104,18 +113,28 @@ fn measure(name: &str, n: usize, f: impl Fn() -> usize) -> f64 {
         best = best.min(t.elapsed().as_secs_f64());
     }
     let per = best / n as f64 * 1e6;
-    println!("{name:<14} {per:>7.2} µs/payment  {:>9.0} payments/s (one core, best of {runs})", 1e6 / per);
+    println!(
+        "{name:<14} {per:>7.2} µs/payment  {:>9.0} payments/s (one core, best of {runs})",
+        1e6 / per
+    );
     per
 }
 
 fn main() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let bundle = Bundle::load(Arc::new(engine::build()), &root.join("rules"), &root.join("adapters"))
-        .expect("scripts load");
+    let bundle = Bundle::load(
+        Arc::new(engine::build()),
+        &root.join("rules"),
+        &root.join("adapters"),
+    )
+    .expect("scripts load");
     let live = Live::new(bundle).expect("live");
     let n = 20_000;
     let payments: Vec<Payment> = (0..n).map(sample).collect();
-    assert_eq!(scripted(&live, &payments[..2]) > 0, hand_written(&payments[..2]) > 0);
+    assert_eq!(
+        scripted(&live, &payments[..2]) > 0,
+        hand_written(&payments[..2]) > 0
+    );
     println!("route + map + JSON encode, {n} payments (half MTN MoMo, half Mojaloop)");
     let s = measure("scripted", n, || scripted(&live, &payments));
     let h = measure("hand-written", n, || hand_written(&payments));

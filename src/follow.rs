@@ -209,29 +209,7 @@ pub async fn handle_callback(
                         reference_id: r,
                     },
                 };
-                match store.find_payment(&lookup).await? {
-                    None => CallbackOutcome::UnknownPayment,
-                    Some(p) if p.dfsp.as_deref() != Some(raw.dfsp.as_str()) => {
-                        CallbackOutcome::UnknownPayment
-                    }
-                    Some(p) => {
-                        match report_change(&p, p.status, &adapter.config, &report, now_ms(), false)
-                        {
-                            None => CallbackOutcome::NoChange(p.id),
-                            Some(change) => {
-                                let applied = writer
-                                    .apply(vec![change])
-                                    .await
-                                    .map_err(CallbackError::Write)?;
-                                if applied.first() == Some(&crate::store::Applied::Done) {
-                                    CallbackOutcome::Applied(p.id)
-                                } else {
-                                    CallbackOutcome::NoChange(p.id)
-                                }
-                            }
-                        }
-                    }
-                }
+                apply_report(store, writer, &adapter.config, &raw.dfsp, &lookup, &report).await?
             }
         }
     };
@@ -243,6 +221,39 @@ pub async fn handle_callback(
         .finish_callback(id, payment_id, &outcome.label(), now_ms())
         .await?;
     Ok(outcome)
+}
+
+/// Applies a callback's report to the payment it names. A report that lost a race (the
+/// payment moved between reading and writing, e.g. the DFSP's answer to the send was committed
+/// first) is recomputed against the payment's new status rather than dropped.
+async fn apply_report(
+    store: &Arc<dyn Store>,
+    writer: &Writer,
+    cfg: &AdapterConfig,
+    dfsp: &str,
+    lookup: &Lookup,
+    report: &Outcome,
+) -> Result<CallbackOutcome, CallbackError> {
+    for _ in 0..5 {
+        let Some(p) = store.find_payment(lookup).await? else {
+            return Ok(CallbackOutcome::UnknownPayment);
+        };
+        if p.dfsp.as_deref() != Some(dfsp) {
+            return Ok(CallbackOutcome::UnknownPayment);
+        }
+        let Some(change) = report_change(&p, p.status, cfg, report, now_ms(), false) else {
+            return Ok(CallbackOutcome::NoChange(p.id));
+        };
+        let applied = writer
+            .apply(vec![change])
+            .await
+            .map_err(CallbackError::Write)?;
+        if applied.first() == Some(&crate::store::Applied::Done) {
+            return Ok(CallbackOutcome::Applied(p.id));
+        }
+    }
+    tracing::warn!(dfsp, "callback kept losing races; stored for review");
+    Ok(CallbackOutcome::UnknownPayment)
 }
 
 /// Queries the status of due `accepted` and `unknown` payments; returns how many it looked at.
