@@ -15,7 +15,7 @@ use rhai::{Dynamic, Map};
 use serde_json::json;
 
 fn sample(i: usize) -> Payment {
-    let fa = if i % 2 == 0 {
+    let fa = if i.is_multiple_of(2) {
         format!("mobile:2567{i:08}@mtn")
     } else {
         format!("mobile:2567{i:08}@mojaloop")

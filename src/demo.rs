@@ -34,7 +34,7 @@ struct Planned {
 fn plan(n: usize) -> Vec<(Planned, serde_json::Value)> {
     (0..n)
         .map(|i| {
-            let mtn = i % 2 == 0;
+            let mtn = i.is_multiple_of(2);
             let triggers = if mtn { MTN_TRIGGERS } else { MOJALOOP_TRIGGERS };
             // One payment in 40 hits a failure or fault trigger.
             let payee = if i % 40 == 7 {

@@ -77,9 +77,9 @@ async fn kill_9_mid_batch_pays_nobody_twice() {
 
     let mut child = serve(dir.path(), port);
     wait_ready(&http, &base).await;
-    let payments: Vec<Value> = (0..2000)
+    let payments: Vec<Value> = (0..2000u32)
         .map(|i| {
-            let fa = if i % 2 == 0 {
+            let fa = if i.is_multiple_of(2) {
                 format!("mobile:2567{i:08}@mtn")
             } else {
                 format!("mobile:2567{i:08}@mojaloop")
