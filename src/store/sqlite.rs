@@ -43,7 +43,11 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // A large batch touches many index pages in one transaction; the default 2 MB
+            // page cache would spill them to disk mid-transaction.
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory");
         if let Some(parent) = Path::new(options.get_filename()).parent()
             && !parent.as_os_str().is_empty()
         {
