@@ -131,25 +131,12 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+/// `(?,?,..),(?,?,..)` for a multi-row INSERT. Anonymous `?` rather than `$N`: SQLite resolves
+/// each named parameter with a linear search at prepare time, which is quadratic for the
+/// thousands of parameters a multi-row INSERT has.
 fn placeholders(rows: usize, cols: usize) -> String {
-    let mut sql = String::with_capacity(rows * cols * 5);
-    let mut n = 1;
-    for r in 0..rows {
-        if r > 0 {
-            sql.push(',');
-        }
-        sql.push('(');
-        for c in 0..cols {
-            if c > 0 {
-                sql.push(',');
-            }
-            sql.push('$');
-            sql.push_str(&n.to_string());
-            n += 1;
-        }
-        sql.push(')');
-    }
-    sql
+    let row = format!("({})", vec!["?"; cols].join(","));
+    vec![row; rows].join(",")
 }
 
 impl SqliteStore {
@@ -177,11 +164,8 @@ impl SqliteStore {
         let mut found = Vec::new();
         for chunk in payments.chunks(500) {
             let sql = format!(
-                "SELECT reference_id FROM payments WHERE sender_id = $1 AND reference_id IN ({})",
-                (2..chunk.len() + 2)
-                    .map(|i| format!("${i}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
+                "SELECT reference_id FROM payments WHERE sender_id = ? AND reference_id IN ({})",
+                vec!["?"; chunk.len()].join(",")
             );
             let mut q = sqlx::query(AssertSqlSafe(sql)).bind(sender_id);
             for p in chunk {
