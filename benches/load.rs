@@ -210,7 +210,7 @@ async fn run() {
         if t.elapsed() > Duration::from_secs(600) {
             panic!("end-to-end batch did not finish: {totals:?}");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let elapsed = t.elapsed().as_secs_f64();
     let mut latencies = Vec::with_capacity(n);

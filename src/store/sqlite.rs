@@ -30,6 +30,8 @@ const PAYMENT_COLUMNS: &str = "id, batch_id, seq, sender_id, reference_id, payee
 
 /// Rows per multi-row INSERT when storing a batch (17 parameters each, well under SQLite's limit).
 const INSERT_CHUNK: usize = 400;
+/// Changes per UPDATE … FROM (VALUES …) statement (18 parameters each).
+const UPDATE_CHUNK: usize = 300;
 
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -437,6 +439,8 @@ impl Store for SqliteStore {
         lease_until: i64,
         owner: &str,
     ) -> StoreResult<Vec<Payment>> {
+        // No ORDER BY: the (status, next_at) index already yields due payments oldest first
+        // for each status, and sorting every due row on each claim was the costliest query.
         let (a, b) = match kind {
             Claim::Dispatch => (Status::Received, Status::Routed),
             Claim::Poll => (Status::Accepted, Status::Unknown),
@@ -444,7 +448,7 @@ impl Store for SqliteStore {
         let sql = format!(
             "UPDATE payments SET lease_until = $1, lease_owner = $6 WHERE id IN (\
                SELECT id FROM payments WHERE status IN ($2, $3) AND next_at <= $4 \
-               AND lease_until <= $4 ORDER BY next_at LIMIT $5) \
+               AND lease_until <= $4 LIMIT $5) \
              RETURNING {PAYMENT_COLUMNS}"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
@@ -465,91 +469,138 @@ impl Store for SqliteStore {
     }
 
     async fn apply(&self, changes: &[Change], now: i64) -> StoreResult<Vec<Applied>> {
-        let mut out = Vec::with_capacity(changes.len());
         let mut tx = self.writer.begin().await?;
-        for change in changes {
-            let f = &change.fields;
-            let fallbacks = f
-                .fallbacks
-                .as_ref()
-                .map(|v| serde_json::to_string(v).unwrap_or_else(|_| "[]".into()));
-            let result = sqlx::query(
-                "UPDATE payments SET status = $1, updated_at = $2, \
-                 dfsp = CASE WHEN $3 THEN $4 ELSE dfsp END, \
-                 fallbacks = COALESCE($5, fallbacks), \
-                 dfsp_ref = COALESCE($6, dfsp_ref), \
-                 idempotency_key = CASE WHEN $7 THEN $8 ELSE idempotency_key END, \
-                 reason_code = COALESCE($9, reason_code), \
-                 reason = COALESCE($10, reason), \
-                 route_version = COALESCE($11, route_version), \
-                 adapter_version = COALESCE($12, adapter_version), \
-                 next_at = COALESCE($13, next_at), \
-                 lease_until = COALESCE($14, lease_until), \
-                 attempts = attempts + $15, polls = polls + $16 \
-                 WHERE id = $17 AND status = $18",
-            )
-            .bind(change.to.as_str())
-            .bind(now)
-            .bind(f.dfsp.is_some())
-            .bind(f.dfsp.clone().flatten())
-            .bind(fallbacks)
-            .bind(&f.dfsp_ref)
-            .bind(f.idempotency_key.is_some())
-            .bind(f.idempotency_key.clone().flatten())
-            .bind(&f.reason_code)
-            .bind(&f.reason)
-            .bind(&f.route_version)
-            .bind(&f.adapter_version)
-            .bind(f.next_at)
-            .bind(f.lease_until)
-            .bind(i64::from(f.add_attempt))
-            .bind(i64::from(f.add_poll))
-            .bind(&change.payment_id)
-            .bind(change.expect.as_str())
-            .execute(&mut *tx)
-            .await?;
-            if result.rows_affected() == 0 {
-                out.push(Applied::Stale);
-                continue;
+        let mut out = vec![Applied::Stale; changes.len()];
+        // One UPDATE … FROM (VALUES …) per chunk instead of one statement per payment. A
+        // statement must not touch a payment twice, so later changes to the same payment
+        // (a callback and the send's answer merged in one group) go in a later round.
+        let mut pending: Vec<usize> = (0..changes.len()).collect();
+        while !pending.is_empty() {
+            let mut seen = std::collections::HashSet::new();
+            let (round, later): (Vec<usize>, Vec<usize>) = pending
+                .into_iter()
+                .partition(|&i| seen.insert(changes[i].payment_id.as_str()));
+            for chunk in round.chunks(UPDATE_CHUNK) {
+                let sql = format!(
+                    "UPDATE payments SET status = v.column1, updated_at = v.column2, \
+                     dfsp = CASE WHEN v.column3 THEN v.column4 ELSE payments.dfsp END, \
+                     fallbacks = COALESCE(v.column5, payments.fallbacks), \
+                     dfsp_ref = COALESCE(v.column6, payments.dfsp_ref), \
+                     idempotency_key = CASE WHEN v.column7 THEN v.column8 \
+                         ELSE payments.idempotency_key END, \
+                     reason_code = COALESCE(v.column9, payments.reason_code), \
+                     reason = COALESCE(v.column10, payments.reason), \
+                     route_version = COALESCE(v.column11, payments.route_version), \
+                     adapter_version = COALESCE(v.column12, payments.adapter_version), \
+                     next_at = COALESCE(v.column13, payments.next_at), \
+                     lease_until = COALESCE(v.column14, payments.lease_until), \
+                     attempts = payments.attempts + v.column15, \
+                     polls = payments.polls + v.column16 \
+                     FROM (VALUES {}) AS v \
+                     WHERE payments.id = v.column17 AND payments.status = v.column18 \
+                     RETURNING payments.id",
+                    placeholders(chunk.len(), 18)
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for &i in chunk {
+                    let change = &changes[i];
+                    let f = &change.fields;
+                    let fallbacks = f
+                        .fallbacks
+                        .as_ref()
+                        .map(|v| serde_json::to_string(v).unwrap_or_else(|_| "[]".into()));
+                    q = q
+                        .bind(change.to.as_str())
+                        .bind(now)
+                        .bind(f.dfsp.is_some())
+                        .bind(f.dfsp.clone().flatten())
+                        .bind(fallbacks)
+                        .bind(f.dfsp_ref.clone())
+                        .bind(f.idempotency_key.is_some())
+                        .bind(f.idempotency_key.clone().flatten())
+                        .bind(f.reason_code.clone())
+                        .bind(f.reason.clone())
+                        .bind(f.route_version.clone())
+                        .bind(f.adapter_version.clone())
+                        .bind(f.next_at)
+                        .bind(f.lease_until)
+                        .bind(i64::from(f.add_attempt))
+                        .bind(i64::from(f.add_poll))
+                        .bind(change.payment_id.as_str())
+                        .bind(change.expect.as_str());
+                }
+                let done: std::collections::HashSet<String> = q
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|row| row.try_get::<String, _>(0))
+                    .collect::<Result<_, _>>()?;
+                for &i in chunk {
+                    if done.contains(&changes[i].payment_id) {
+                        out[i] = Applied::Done;
+                    }
+                }
             }
-            for event in &change.events {
-                sqlx::query(
-                    "INSERT INTO payment_events (payment_id, at, from_status, to_status, \
-                     reason_code, detail, route_version, adapter_version) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(&change.payment_id)
-                .bind(now)
-                .bind(event.from.map(Status::as_str))
-                .bind(event.to.as_str())
-                .bind(&event.reason_code)
-                .bind(&event.detail)
-                .bind(&event.route_version)
-                .bind(&event.adapter_version)
-                .execute(&mut *tx)
-                .await?;
+            pending = later;
+        }
+        let mut events = Vec::with_capacity(changes.len() * 2);
+        let mut attempts = Vec::with_capacity(changes.len());
+        for (change, applied) in changes.iter().zip(&out) {
+            if *applied == Applied::Done {
+                events.extend(
+                    change
+                        .events
+                        .iter()
+                        .map(|e| (change.payment_id.as_str(), e)),
+                );
+                if let Some(a) = &change.attempt {
+                    attempts.push((change.payment_id.as_str(), a));
+                }
             }
-            if let Some(a) = &change.attempt {
-                sqlx::query(
-                    "INSERT INTO dispatch_attempts (payment_id, dfsp, kind, idempotency_key, \
-                     method, url, started_at, finished_at, http_status, outcome, error) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                )
-                .bind(&change.payment_id)
-                .bind(&a.dfsp)
-                .bind(a.kind)
-                .bind(&a.idempotency_key)
-                .bind(&a.method)
-                .bind(&a.url)
-                .bind(a.started_at)
-                .bind(a.finished_at)
-                .bind(a.http_status)
-                .bind(&a.outcome)
-                .bind(&a.error)
-                .execute(&mut *tx)
-                .await?;
+        }
+        // History rows of the whole group in a few multi-row statements.
+        for chunk in events.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "INSERT INTO payment_events (payment_id, at, from_status, to_status, \
+                 reason_code, detail, route_version, adapter_version) VALUES {}",
+                placeholders(chunk.len(), 8)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (id, e) in chunk {
+                q = q
+                    .bind(*id)
+                    .bind(now)
+                    .bind(e.from.map(Status::as_str))
+                    .bind(e.to.as_str())
+                    .bind(&e.reason_code)
+                    .bind(&e.detail)
+                    .bind(&e.route_version)
+                    .bind(&e.adapter_version);
             }
-            out.push(Applied::Done);
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in attempts.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "INSERT INTO dispatch_attempts (payment_id, dfsp, kind, idempotency_key, \
+                 method, url, started_at, finished_at, http_status, outcome, error) VALUES {}",
+                placeholders(chunk.len(), 11)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (id, a) in chunk {
+                q = q
+                    .bind(*id)
+                    .bind(&a.dfsp)
+                    .bind(a.kind)
+                    .bind(&a.idempotency_key)
+                    .bind(&a.method)
+                    .bind(&a.url)
+                    .bind(a.started_at)
+                    .bind(a.finished_at)
+                    .bind(a.http_status)
+                    .bind(&a.outcome)
+                    .bind(&a.error);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(out)
