@@ -9,9 +9,8 @@ use std::time::Instant;
 use pil::money::{Currency, Money};
 use pil::payment::{Payment, Status};
 use pil::route::{Decision, Live, route};
-use pil::script::convert::{json_to_dynamic, payment_map};
+use pil::script::convert::payment_dynamic;
 use pil::script::{Bundle, engine};
-use rhai::{Dynamic, Map};
 use serde_json::json;
 
 fn sample(i: usize) -> Payment {
@@ -55,33 +54,40 @@ fn scripted(live: &Live, payments: &[Payment]) -> usize {
     let route_ctx = live.routing_ctx(0);
     let mut bytes = 0;
     for p in payments {
-        let map = Dynamic::from_map(payment_map(p, None));
+        let map = payment_dynamic(p);
         let Ok(Decision::Dfsps(ids)) = route(bundle, map.clone(), route_ctx.clone()) else {
             panic!("routing failed")
         };
         let adapter = bundle.adapter(&ids[0]).expect("adapter");
-        let mut ctx = Map::new();
-        ctx.insert("now".into(), Dynamic::from_int(0));
-        ctx.insert(
-            "idempotency_key".into(),
-            p.idempotency_key.clone().unwrap_or_default().into(),
+        let ctx = adapter.request_ctx(
+            0,
+            1,
+            p.idempotency_key.as_deref(),
+            Some("http://127.0.0.1:8080/callbacks/x".into()),
         );
-        ctx.insert(
-            "callback_url".into(),
-            "http://127.0.0.1:8080/callbacks/x".into(),
-        );
-        ctx.insert("attempt".into(), Dynamic::from_int(1));
-        ctx.insert("settings".into(), json_to_dynamic(&adapter.config.settings));
         let req = adapter
-            .build_request(&bundle.engine, map, Dynamic::from_map(ctx))
+            .build_request(&bundle.engine, map, ctx)
             .expect("build");
-        if let Some(pil::executor::Body::Json(v)) = &req.body {
-            bytes += serde_json::to_vec(v).expect("json").len();
+        if let Some(pil::executor::Body::Json(text)) = &req.body {
+            bytes += text.len();
         }
     }
     bytes
 }
 
+fn route_only(live: &Live, payments: &[Payment]) -> usize {
+    let route_ctx = live.routing_ctx(0);
+    let mut n = 0;
+    for p in payments {
+        if let Ok(Decision::Dfsps(ids)) = route(&live.bundle, payment_dynamic(p), route_ctx.clone())
+        {
+            n += ids.len();
+        }
+    }
+    n
+}
+
+/// The same decisions and the same request (method, path, headers, JSON text) in plain Rust.
 fn hand_written(payments: &[Payment]) -> usize {
     let mut bytes = 0;
     for p in payments {
@@ -89,16 +95,41 @@ fn hand_written(payments: &[Payment]) -> usize {
             .expect("fa");
         let amount = pil::money::format_canonical(p.amount.to_decimal());
         let note = format!("G2P payment {}", p.reference_id);
-        let body = if fa.provider == "mtn" {
-            json!({"amount": amount, "currency": p.amount.currency().code(), "externalId": p.id,
-                   "payee": {"partyIdType": "MSISDN", "partyId": fa.id}, "payerMessage": note, "payeeNote": note})
+        let key = p.idempotency_key.clone().unwrap_or_default();
+        let (path, headers, body) = if fa.provider == "mtn" {
+            (
+                "/disbursement/v1_0/transfer",
+                vec![
+                    ("X-Reference-Id".to_string(), key.clone()),
+                    ("X-Target-Environment".to_string(), "sandbox".to_string()),
+                    (
+                        "X-Callback-Url".to_string(),
+                        format!("http://127.0.0.1:8080/callbacks/x/transfer/{}", p.id),
+                    ),
+                ],
+                json!({"amount": amount, "currency": p.amount.currency().code(), "externalId": p.id,
+                       "payee": {"partyIdType": "MSISDN", "partyId": fa.id}, "payerMessage": note, "payeeNote": note}),
+            )
         } else {
-            json!({"homeTransactionId": p.id, "from": {"idType": "BUSINESS", "idValue": "g2p-programme", "displayName": "G2P Programme"},
-                   "to": {"idType": "MSISDN", "idValue": fa.id, "displayName": p.payee_name}, "amountType": "SEND",
-                   "currency": p.amount.currency().code(), "amount": amount, "transactionType": "TRANSFER",
-                   "subScenario": "DISBURSEMENT", "note": note})
+            (
+                "/transfers",
+                vec![],
+                json!({"homeTransactionId": p.id, "from": {"idType": "BUSINESS", "idValue": "g2p-programme", "displayName": "G2P Programme"},
+                       "to": {"idType": "MSISDN", "idValue": fa.id, "displayName": p.payee_name}, "amountType": "SEND",
+                       "currency": p.amount.currency().code(), "amount": amount, "transactionType": "TRANSFER",
+                       "subScenario": "DISBURSEMENT", "note": note}),
+            )
         };
-        bytes += serde_json::to_vec(&body).expect("json").len();
+        let req = pil::executor::DfspRequest {
+            method: reqwest::Method::POST,
+            path: path.to_string(),
+            headers,
+            body: Some(pil::executor::Body::Json(body.to_string())),
+            idempotency_key: Some(key),
+        };
+        if let Some(pil::executor::Body::Json(text)) = &req.body {
+            bytes += text.len() + req.headers.len();
+        }
     }
     bytes
 }
@@ -137,6 +168,13 @@ fn main() {
     );
     println!("route + map + JSON encode, {n} payments (half MTN MoMo, half Mojaloop)");
     let s = measure("scripted", n, || scripted(&live, &payments));
+    measure("  route only", n, || route_only(&live, &payments));
+    measure("  payment map", n, || {
+        payments
+            .iter()
+            .map(|p| payment_dynamic(p).is_shared() as usize)
+            .sum()
+    });
     let h = measure("hand-written", n, || hand_written(&payments));
     println!("ratio scripted/hand-written: {:.2}x", s / h);
 }

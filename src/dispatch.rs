@@ -20,9 +20,9 @@ use crate::executor::{DfspClient, DfspRequest, Sent};
 use crate::follow::{self, report_change};
 use crate::map::{Outcome, Reported};
 use crate::payment::{Attempt, Change, IllegalTransition, Payment, Status};
-use crate::route::{Decision, Live, route};
+use crate::route::{Decision, Live, capable, route};
 use crate::script::Adapter;
-use crate::script::convert::{json_to_dynamic, payment_map};
+use crate::script::convert::payment_dynamic;
 use crate::store::{Applied, Claim, Store, Writer};
 
 #[derive(Debug, Clone)]
@@ -201,9 +201,14 @@ impl Dispatcher {
         let mut settled = Vec::new();
         let mut sends = Vec::new();
         for p in claimed {
-            let mut script_map = Dynamic::from_map(payment_map(&p, None));
+            let mut script_map = payment_dynamic(&p);
             let (dfsp, fallbacks, route_version) = if p.status == Status::Received {
-                match route(bundle, script_map.clone(), route_ctx.clone()) {
+                let decision =
+                    route(bundle, script_map.clone(), route_ctx.clone()).map(|d| match d {
+                        Decision::Dfsps(ids) => capable(bundle, ids, &p.amount),
+                        reject => reject,
+                    });
+                match decision {
                     Ok(Decision::Dfsps(mut ids)) => {
                         let first = ids.remove(0);
                         (first, ids, Some(bundle.routing.version.clone()))
@@ -259,25 +264,21 @@ impl Dispatcher {
                 (Some(d), Some(k)) if *d == dfsp => k.clone(),
                 _ => uuid::Uuid::new_v4().to_string(),
             };
-            let mut ctx = Map::new();
-            ctx.insert("now".into(), Dynamic::from_int(now));
-            ctx.insert("idempotency_key".into(), key.clone().into());
-            ctx.insert(
-                "callback_url".into(),
-                format!(
+            let ctx = adapter.request_ctx(
+                now,
+                p.attempts + 1,
+                Some(&key),
+                Some(format!(
                     "{}/callbacks/{dfsp}",
                     self.settings.public_url.trim_end_matches('/')
-                )
-                .into(),
+                )),
             );
-            ctx.insert("attempt".into(), Dynamic::from_int(p.attempts + 1));
-            ctx.insert("settings".into(), json_to_dynamic(&adapter.config.settings));
             // The adapter's parse_response sees the key and DFSP this send uses.
             if let Some(mut m) = script_map.write_lock::<Map>() {
                 m.insert("idempotency_key".into(), key.clone().into());
                 m.insert("dfsp".into(), dfsp.clone().into());
             }
-            match adapter.build_request(engine, script_map.clone(), Dynamic::from_map(ctx)) {
+            match adapter.build_request(engine, script_map.clone(), ctx) {
                 Ok(request) => {
                     let key = request.idempotency_key.clone().unwrap_or(key);
                     let mut payment = p;

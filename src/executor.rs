@@ -28,8 +28,12 @@ pub struct DfspRequest {
 
 #[derive(Debug, Clone)]
 pub enum Body {
-    Json(serde_json::Value),
-    Text { content_type: String, text: String },
+    /// JSON text.
+    Json(String),
+    Text {
+        content_type: String,
+        text: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -164,9 +168,9 @@ impl DfspClient {
             .request(req.method.clone(), self.url_for(&req.path))
             .headers(headers);
         builder = match &req.body {
-            Some(Body::Json(v)) => builder
+            Some(Body::Json(text)) => builder
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(v.to_string()),
+                .body(text.clone()),
             Some(Body::Text { content_type, text }) => builder
                 .header(reqwest::header::CONTENT_TYPE, content_type.as_str())
                 .body(text.clone()),

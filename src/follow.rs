@@ -16,7 +16,7 @@ use crate::executor::Sent;
 use crate::map::{CallbackMatch, Outcome, Reported, body_dynamic, headers_map};
 use crate::payment::{Attempt, Change, NotExecuted, Payment, Status};
 use crate::route::Live;
-use crate::script::convert::payment_map;
+use crate::script::convert::payment_dynamic;
 use crate::store::{Claim, Lookup, RawCallback, Store, StoreError, Writer};
 
 /// A parked payment is not looked at again until an operator acts.
@@ -286,15 +286,9 @@ pub async fn poll_once(
             parked.push(park(p, "the adapter has no status query"));
             continue;
         }
-        let pmap = Dynamic::from_map(payment_map(p, None));
-        let mut ctx = Map::new();
-        ctx.insert("now".into(), Dynamic::from_int(now));
-        ctx.insert(
-            "settings".into(),
-            crate::script::convert::json_to_dynamic(&adapter.config.settings),
-        );
-        let req = match adapter.build_status_request(&engine, pmap.clone(), Dynamic::from_map(ctx))
-        {
+        let pmap = payment_dynamic(p);
+        let ctx = adapter.request_ctx(now, p.attempts, None, None);
+        let req = match adapter.build_status_request(&engine, pmap.clone(), ctx) {
             Ok(Some(req)) => req,
             Ok(None) => {
                 parked.push(park(p, "the DFSP offers no way to look this payment up"));

@@ -7,7 +7,7 @@
 use rhai::{Dynamic, Map};
 
 use crate::executor::{Body, DfspRequest, DfspResponse};
-use crate::script::convert::{dynamic_to_json, json_to_dynamic, str_or_unit};
+use crate::script::convert::{json_to_dynamic, str_or_unit, write_json};
 use crate::script::{Adapter, ScriptError, map_str};
 
 /// The status a DFSP message reports, as scripts return it.
@@ -137,10 +137,11 @@ impl Adapter {
     }
 
     fn request_from(&self, out: Dynamic, func: &str) -> Result<DfspRequest, ScriptError> {
+        let type_name = out.type_name();
         let map = out
-            .read_lock::<Map>()
-            .ok_or_else(|| self.fail(format!("{func} must return a map, got {}", out.type_name())))?
-            .clone();
+            .flatten()
+            .try_cast::<Map>()
+            .ok_or_else(|| self.fail(format!("{func} must return a map, got {type_name}")))?;
         let method = map_str(&map, "method").unwrap_or_else(|| "POST".into());
         let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
             .map_err(|_| self.fail(format!("{func}: invalid method '{method}'")))?;
@@ -163,9 +164,11 @@ impl Adapter {
                     .unwrap_or_else(|| "text/plain; charset=utf-8".into()),
                 text: b.to_string(),
             }),
-            Some(b) => Some(Body::Json(
-                dynamic_to_json(b).map_err(|e| self.fail(format!("{func}: body: {e}")))?,
-            )),
+            Some(b) => {
+                let mut text = String::with_capacity(512);
+                write_json(b, &mut text).map_err(|e| self.fail(format!("{func}: body: {e}")))?;
+                Some(Body::Json(text))
+            }
         };
         Ok(DfspRequest {
             method,

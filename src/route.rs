@@ -61,12 +61,12 @@ impl Live {
                 "max_amount".into(),
                 caps.max_amount.map_or(Dynamic::UNIT, Dynamic::from_decimal),
             );
-            dfsps.insert(id.as_str().into(), Dynamic::from_map(d));
+            dfsps.insert(id.as_str().into(), crate::script::convert::shared(d));
         }
         let mut ctx = Map::new();
         ctx.insert("now".into(), Dynamic::from_int(now));
-        ctx.insert("dfsps".into(), Dynamic::from_map(dfsps));
-        Dynamic::from_map(ctx)
+        ctx.insert("dfsps".into(), crate::script::convert::shared(dfsps));
+        crate::script::convert::shared(ctx)
     }
 }
 
@@ -123,4 +123,43 @@ pub fn route(bundle: &Bundle, payment: Dynamic, ctx: Dynamic) -> Result<Decision
         return Err(fail(format!("route returned unknown DFSP '{unknown}'")));
     }
     Ok(Decision::Dfsps(ids))
+}
+
+/// Keeps the candidates whose `adapter.toml` capabilities take this payment (currency, maximum
+/// amount), in order. Generic checks live here rather than in every routing script.
+pub fn capable(bundle: &Bundle, ids: Vec<String>, amount: &crate::money::Money) -> Decision {
+    let mut refused = Vec::new();
+    let kept: Vec<String> = ids
+        .into_iter()
+        .filter(|id| {
+            let Some(adapter) = bundle.adapter(id) else {
+                refused.push(format!("{id}: not loaded"));
+                return false;
+            };
+            let caps = &adapter.config.capabilities;
+            let currency = amount.currency().code();
+            if !caps.currencies.is_empty() && !caps.currencies.iter().any(|c| c == currency) {
+                refused.push(format!("{id}: does not pay {currency}"));
+                return false;
+            }
+            if let Some(max) = caps.max_amount
+                && amount.to_decimal() > max
+            {
+                refused.push(format!("{id}: above its maximum {max}"));
+                return false;
+            }
+            true
+        })
+        .collect();
+    if kept.is_empty() {
+        Decision::Reject {
+            code: "dfsp.unavailable".into(),
+            message: format!(
+                "no routed DFSP can take this payment ({})",
+                refused.join("; ")
+            ),
+        }
+    } else {
+        Decision::Dfsps(kept)
+    }
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rhai::{Dynamic, Map};
+use rhai::Dynamic;
 use serde_json::json;
 
 use crate::executor::Body;
@@ -13,7 +13,7 @@ use crate::ingest::{self, Item};
 use crate::money::{Currency, Money};
 use crate::payment::{Payment, Status};
 use crate::route::{Decision, route};
-use crate::script::convert::{json_to_dynamic, payment_map};
+use crate::script::convert::payment_map;
 use crate::script::{Bundle, LoadErrors, engine};
 
 /// Compiles and validates all scripts and adapter configs under `rules_dir` / `adapters_dir`.
@@ -80,6 +80,10 @@ pub fn dry_run(bundle: &Bundle, input: &serde_json::Value) -> Result<serde_json:
     let live_ctx = routing_ctx(bundle, now);
     let decision =
         route(bundle, Dynamic::from_map(map.clone()), live_ctx).map_err(|e| e.to_string())?;
+    let decision = match decision {
+        Decision::Dfsps(ids) => crate::route::capable(bundle, ids, &payment.amount),
+        reject => reject,
+    };
     let ids = match decision {
         Decision::Reject { code, message } => {
             return Ok(
@@ -94,22 +98,19 @@ pub fn dry_run(bundle: &Bundle, input: &serde_json::Value) -> Result<serde_json:
             continue;
         };
         let key = "00000000-0000-4000-8000-000000000000";
-        let mut ctx = Map::new();
-        ctx.insert("now".into(), Dynamic::from_int(now));
-        ctx.insert("idempotency_key".into(), key.into());
-        ctx.insert(
-            "callback_url".into(),
-            format!("http://<public_url>/callbacks/{id}").into(),
+        let ctx = adapter.request_ctx(
+            now,
+            1,
+            Some(key),
+            Some(format!("http://<public_url>/callbacks/{id}")),
         );
-        ctx.insert("attempt".into(), Dynamic::from_int(1));
-        ctx.insert("settings".into(), json_to_dynamic(&adapter.config.settings));
         let mut pmap = map.clone();
         pmap.insert("idempotency_key".into(), key.into());
         pmap.insert("dfsp".into(), id.clone().into());
         let request = match adapter.build_request(
             &bundle.engine,
-            Dynamic::from_map(pmap),
-            Dynamic::from_map(ctx),
+            crate::script::convert::shared(pmap),
+            ctx,
         ) {
             Ok(r) => r,
             Err(e) => {
@@ -129,7 +130,7 @@ pub fn dry_run(bundle: &Bundle, input: &serde_json::Value) -> Result<serde_json:
         }
         let body = match &request.body {
             None => serde_json::Value::Null,
-            Some(Body::Json(v)) => v.clone(),
+            Some(Body::Json(text)) => serde_json::from_str(text).unwrap_or_else(|_| json!(text)),
             Some(Body::Text { text, .. }) => json!(text),
         };
         candidates.push(json!({

@@ -15,6 +15,17 @@ pub fn str_or_unit(s: Option<&str>) -> Dynamic {
     s.map_or(Dynamic::UNIT, |s| Dynamic::from(ImmutableString::from(s)))
 }
 
+/// A map handed to scripts by reference: script functions receive their arguments by value,
+/// so an unshared map would be deep-copied at every call a script makes with it.
+pub fn shared(map: Map) -> Dynamic {
+    Dynamic::from_map(map).into_shared()
+}
+
+/// The payment as scripts see it, shared (see [`shared`]). Scripts treat it as read-only.
+pub fn payment_dynamic(p: &Payment) -> Dynamic {
+    shared(payment_map(p, None))
+}
+
 /// The payment as scripts see it (DESIGN.md "Script contracts").
 pub fn payment_map(p: &Payment, attributes: Option<&serde_json::Value>) -> Map {
     let mut m = Map::new();
@@ -101,6 +112,9 @@ pub fn json_to_dynamic(v: &serde_json::Value) -> Dynamic {
 /// Converts a script value to JSON. Decimals become JSON numbers with their exact digits.
 pub fn dynamic_to_json(d: &Dynamic) -> Result<serde_json::Value, String> {
     use serde_json::Value;
+    if d.is_shared() {
+        return dynamic_to_json(&d.flatten_clone());
+    }
     if d.is_unit() {
         return Ok(Value::Null);
     }
@@ -137,6 +151,68 @@ pub fn dynamic_to_json(d: &Dynamic) -> Result<serde_json::Value, String> {
     Err(format!("a {} cannot be sent as JSON", d.type_name()))
 }
 
+/// Writes a script value as JSON text, without building an intermediate `serde_json::Value`
+/// (this is on every payment's path). Decimals keep their exact digits.
+pub fn write_json(d: &Dynamic, out: &mut String) -> Result<(), String> {
+    use std::fmt::Write;
+    if d.is_shared() {
+        return write_json(&d.flatten_clone(), out);
+    }
+    if d.is_unit() {
+        out.push_str("null");
+    } else if let Ok(b) = d.as_bool() {
+        out.push_str(if b { "true" } else { "false" });
+    } else if let Ok(i) = d.as_int() {
+        let _ = write!(out, "{i}");
+    } else if let Ok(dec) = d.as_decimal() {
+        let _ = write!(out, "{dec}");
+    } else if let Some(s) = d.read_lock::<ImmutableString>() {
+        write_json_str(s.as_str(), out);
+    } else if let Some(arr) = d.read_lock::<Array>() {
+        out.push('[');
+        for (i, v) in arr.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            write_json(v, out)?;
+        }
+        out.push(']');
+    } else if let Some(map) = d.read_lock::<Map>() {
+        out.push('{');
+        for (i, (k, v)) in map.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            write_json_str(k.as_str(), out);
+            out.push(':');
+            write_json(v, out)?;
+        }
+        out.push('}');
+    } else {
+        return Err(format!("a {} cannot be sent as JSON", d.type_name()));
+    }
+    Ok(())
+}
+
+fn write_json_str(s: &str, out: &mut String) {
+    use std::fmt::Write;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +234,19 @@ mod tests {
             back.to_string(),
             r#"{"a":12345678901234.5678,"b":0.10,"c":7}"#
         );
+    }
+
+    #[test]
+    fn written_json_is_valid_and_exact() {
+        let v: serde_json::Value = serde_json::from_str(
+            r#"{"a": 12345678901234.5678, "s": "q\"uo\\te\nline\u0001", "l": [1, true, null], "m": {}}"#,
+        )
+        .expect("json");
+        let mut out = String::new();
+        write_json(&json_to_dynamic(&v), &mut out).expect("write");
+        let back: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+        assert_eq!(back, v);
+        assert!(out.contains("12345678901234.5678"), "{out}");
     }
 
     #[test]

@@ -154,6 +154,8 @@ pub struct Adapter {
     pub config: AdapterConfig,
     pub script: Script,
     pub dir: PathBuf,
+    /// `adapter.toml` `[settings]`, converted once and shared with every call.
+    settings: Dynamic,
 }
 
 impl Adapter {
@@ -166,6 +168,28 @@ impl Adapter {
     }
     pub fn can_parse_callbacks(&self) -> bool {
         self.script.has_fn("parse_callback", 1)
+    }
+
+    /// `ctx` for `build_request` and `build_status_request`: `#{now, settings, attempt,
+    /// idempotency_key, callback_url}` (the last two only when sending).
+    pub fn request_ctx(
+        &self,
+        now: i64,
+        attempt: i64,
+        idempotency_key: Option<&str>,
+        callback_url: Option<String>,
+    ) -> Dynamic {
+        let mut ctx = Map::new();
+        ctx.insert("now".into(), Dynamic::from_int(now));
+        ctx.insert("settings".into(), self.settings.clone());
+        ctx.insert("attempt".into(), Dynamic::from_int(attempt));
+        if let Some(key) = idempotency_key {
+            ctx.insert("idempotency_key".into(), key.into());
+        }
+        if let Some(url) = callback_url {
+            ctx.insert("callback_url".into(), url.into());
+        }
+        convert::shared(ctx)
     }
 }
 
@@ -281,6 +305,11 @@ fn load_adapter(engine: &Engine, dir: &Path) -> Result<Adapter, Vec<ScriptError>
     }
     match (config, script) {
         (Some(config), Some(script)) if errors.is_empty() => Ok(Adapter {
+            settings: convert::shared(
+                convert::json_to_dynamic(&config.settings)
+                    .try_cast::<Map>()
+                    .unwrap_or_default(),
+            ),
             config,
             script,
             dir: dir.to_path_buf(),
