@@ -25,6 +25,18 @@ fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// CPU seconds (user + system) this process has used.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces): utime is 14th, stime 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for e in std::fs::read_dir(from).expect("read_dir").flatten() {
@@ -64,6 +76,10 @@ async fn app(dir: &std::path::Path, sim_url: &str, dispatch: bool) -> Applicatio
                 .map(|l| {
                     if l.starts_with("base_url") {
                         format!("base_url = \"{sim_url}\"")
+                    } else if l.starts_with("max_in_flight")
+                        && let Ok(n) = std::env::var("PIL_BENCH_IN_FLIGHT")
+                    {
+                        format!("max_in_flight = {n}")
                     } else {
                         l.to_string()
                     }
@@ -83,7 +99,7 @@ async fn app(dir: &std::path::Path, sim_url: &str, dispatch: bool) -> Applicatio
         adapters_dir: dir.join("adapters"),
         max_body_bytes: 64 * 1024 * 1024,
         dispatch,
-        ..Settings::default()
+        ..Settings::load(None).expect("PIL_* settings")
     };
     Application::build(settings).await.expect("app")
 }
@@ -134,57 +150,10 @@ async fn run() {
     println!("raw HTTP ceiling (POST /transfers, 128 in flight): {raw:.0} requests/s");
     sim.simulator.reset();
 
-    // 2. Accepting a 100,000-payment batch (validated and stored, nothing sent).
-    let accept_app = app(dir.path(), &sim.base_url(), false).await;
-    let body = serde_json::to_vec(&batch(100_000, "accept")).expect("json");
-    let t = Instant::now();
-    let r = client
-        .post(format!("{}/api/v1/batches", accept_app.url()))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(r.status().as_u16(), 202);
-    println!(
-        "100,000-payment batch accepted (stored) in {:.2} s",
-        t.elapsed().as_secs_f64()
-    );
-    // Where the time goes: parse, validate, store (a second batch, same store).
-    let raw_body = serde_json::to_vec(&batch(100_000, "phases")).expect("json");
-    let t = Instant::now();
-    let req: Value = serde_json::from_slice(&raw_body).expect("parse");
-    let parsed = t.elapsed().as_secs_f64();
-    let items: Vec<pil::ingest::Item> = req["payments"]
-        .as_array()
-        .expect("payments")
-        .iter()
-        .map(|p| pil::ingest::Item {
-            reference_id: p.get("reference_id").cloned(),
-            payee_fa: p.get("payee_fa").cloned(),
-            amount: p.get("amount").cloned(),
-            currency: p.get("currency").cloned(),
-            ..Default::default()
-        })
-        .collect();
-    let t = Instant::now();
-    let rows = pil::ingest::validate(&items, &Default::default()).expect("valid");
-    let validated = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let nb = pil::ingest::new_batch("bench", "phases", &rows, pil::clock::now_ms());
-    accept_app
-        .state
-        .store
-        .insert_batch(&nb, &rows)
-        .await
-        .expect("insert");
-    let stored = t.elapsed().as_secs_f64();
-    println!("  phases: parse {parsed:.2} s, validate {validated:.2} s, store {stored:.2} s");
-    drop(accept_app);
-
-    // 3. End to end through the synchronous DFSP.
+    // 2. End to end through the synchronous DFSP.
     let e2e = app(dir.path(), &sim.base_url(), true).await;
     let store = e2e.state.store.clone();
+    let cpu_before = cpu_seconds();
     let t = Instant::now();
     let r = client
         .post(format!("{}/api/v1/batches", e2e.url()))
@@ -213,6 +182,7 @@ async fn run() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let elapsed = t.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
     let mut latencies = Vec::with_capacity(n);
     let mut cursor: Option<String> = None;
     let mut succeeded = 0;
@@ -247,6 +217,76 @@ async fn run() {
         pct(0.5),
         pct(0.99)
     );
-    println!("  peak RSS: {:.0} MB", peak_rss_mb());
+    println!(
+        "  CPU: {cpu:.1} s for {elapsed:.1} s ({:.0}% of one core; simulator included), {:.0} µs per payment",
+        cpu / elapsed * 100.0,
+        cpu / n as f64 * 1e6
+    );
+    println!(
+        "  peak RSS so far: {:.0} MB (PIL, the simulator and the bench client in one process)",
+        peak_rss_mb()
+    );
+    drop(e2e);
+
     let _ = Arc::new(());
+    // 3. Accepting a 100,000-payment batch (validated and stored, nothing sent).
+    let accept_app = app(dir.path(), &sim.base_url(), false).await;
+    // The body is written as text: building it as a JSON value would inflate this process's
+    // memory with the client's copy.
+    let mut body = String::with_capacity(12 << 20);
+    body.push_str(r#"{"batch_id":"accept","sender_id":"bench","payments":["#);
+    for i in 0..100_000 {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!(
+            r#"{{"reference_id":"accept-{i}","payee_fa":"mobile:2567{i:08}@mojaloop","amount":"10.00","currency":"KES"}}"#
+        ));
+    }
+    body.push_str("]}");
+    let t = Instant::now();
+    let r = client
+        .post(format!("{}/api/v1/batches", accept_app.url()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(r.status().as_u16(), 202);
+    println!(
+        "100,000-payment batch accepted (stored) in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    println!("  peak RSS after accepting it: {:.0} MB", peak_rss_mb());
+    // Where the time goes: parse, validate, store (a second batch, same store).
+    let raw_body = serde_json::to_vec(&batch(100_000, "phases")).expect("json");
+    let t = Instant::now();
+    let req: Value = serde_json::from_slice(&raw_body).expect("parse");
+    let parsed = t.elapsed().as_secs_f64();
+    let items: Vec<pil::ingest::Item> = req["payments"]
+        .as_array()
+        .expect("payments")
+        .iter()
+        .map(|p| pil::ingest::Item {
+            reference_id: p.get("reference_id").cloned(),
+            payee_fa: p.get("payee_fa").cloned(),
+            amount: p.get("amount").cloned(),
+            currency: p.get("currency").cloned(),
+            ..Default::default()
+        })
+        .collect();
+    let t = Instant::now();
+    let rows = pil::ingest::validate(&items, &Default::default()).expect("valid");
+    let validated = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let nb = pil::ingest::new_batch("bench", "phases", &rows, pil::clock::now_ms());
+    accept_app
+        .state
+        .store
+        .insert_batch(&nb, &rows)
+        .await
+        .expect("insert");
+    let stored = t.elapsed().as_secs_f64();
+    println!("  phases: parse {parsed:.2} s, validate {validated:.2} s, store {stored:.2} s");
+    drop(accept_app);
 }

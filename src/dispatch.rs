@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use futures::stream::{FuturesUnordered, StreamExt};
 use rhai::{Dynamic, Map};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -369,21 +368,25 @@ fn settle(
 /// Sends every request of a group concurrently and commits each outcome as it arrives,
 /// grouping outcomes that arrive together.
 async fn send_all(writer: Writer, engine: Arc<rhai::Engine>, group: Vec<ToSend>) {
-    let mut pending: FuturesUnordered<_> = group
-        .into_iter()
-        .map(|s| async move {
+    // Each send is its own task, so a request keeps moving (and frees its in-flight slot)
+    // while earlier answers are being committed.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for s in group {
+        let tx = tx.clone();
+        tokio::spawn(async move {
             let started = now_ms();
             let sent = s.client.send(&s.request).await;
-            (s, sent, started, now_ms())
-        })
-        .collect();
-    while let Some(first) = pending.next().await {
+            let _ = tx.send((s, sent, started, now_ms()));
+        });
+    }
+    drop(tx);
+    while let Some(first) = rx.recv().await {
         let mut done = vec![first];
         let linger = tokio::time::sleep(Duration::from_millis(2));
         tokio::pin!(linger);
         loop {
             tokio::select! {
-                next = pending.next() => match next {
+                next = rx.recv() => match next {
                     Some(r) => done.push(r),
                     None => break,
                 },
@@ -400,6 +403,7 @@ async fn send_all(writer: Writer, engine: Arc<rhai::Engine>, group: Vec<ToSend>)
             // The payments stay in `sending`; lease expiry turns them into `unknown`.
             tracing::error!(error = %e, "could not record DFSP answers");
         }
+        // Dropping the sends releases their outstanding permits, now that the answers are stored.
         drop(done);
     }
 }

@@ -29,9 +29,27 @@ const PAYMENT_COLUMNS: &str = "id, batch_id, seq, sender_id, reference_id, payee
     adapter_version, next_at, created_at, updated_at";
 
 /// Rows per multi-row INSERT when storing a batch (17 parameters each, well under SQLite's limit).
-const INSERT_CHUNK: usize = 400;
+const INSERT_CHUNK: usize = 256;
 /// Changes per UPDATE … FROM (VALUES …) statement (18 parameters each).
-const UPDATE_CHUNK: usize = 300;
+const UPDATE_CHUNK: usize = 256;
+
+/// Splits `items` into chunks of `max` (a power of two) and then falling powers of two, so a
+/// multi-row statement only ever has one of a few shapes and stays in the statement cache
+/// instead of being parsed again for every group size.
+fn shaped_chunks<T>(items: &[T], max: usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut rest = items;
+    while !rest.is_empty() {
+        let mut size = max;
+        while size > rest.len() {
+            size /= 2;
+        }
+        let (head, tail) = rest.split_at(size);
+        out.push(head);
+        rest = tail;
+    }
+    out
+}
 
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -49,7 +67,9 @@ impl SqliteStore {
             // A large batch touches many index pages in one transaction; the default 2 MB
             // page cache would spill them to disk mid-transaction.
             .pragma("cache_size", "-65536")
-            .pragma("temp_store", "memory");
+            .pragma("temp_store", "memory")
+            // Checkpoints run in a background task (below), not inside the writer's commits.
+            .pragma("wal_autocheckpoint", "0");
         if let Some(parent) = Path::new(options.get_filename()).parent()
             && !parent.as_os_str().is_empty()
         {
@@ -60,6 +80,23 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&writer).await?;
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                // PASSIVE never blocks the writer; a failure is retried at the next tick.
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&checkpointer)
+                    .await
+                {
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                }
+            }
+        });
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
@@ -213,7 +250,7 @@ impl Store for SqliteStore {
 
         let mut seq = 0i64;
         let mut duplicate = false;
-        for chunk in payments.chunks(INSERT_CHUNK) {
+        for chunk in shaped_chunks(payments, INSERT_CHUNK) {
             let sql = format!(
                 "INSERT INTO payments (id, batch_id, seq, sender_id, reference_id, payee_fa, \
                  payee_id_type, payee_id_value, amount_minor, currency, payee_name, note, meta, \
@@ -480,7 +517,7 @@ impl Store for SqliteStore {
             let (round, later): (Vec<usize>, Vec<usize>) = pending
                 .into_iter()
                 .partition(|&i| seen.insert(changes[i].payment_id.as_str()));
-            for chunk in round.chunks(UPDATE_CHUNK) {
+            for chunk in shaped_chunks(&round, UPDATE_CHUNK) {
                 let sql = format!(
                     "UPDATE payments SET status = v.column1, updated_at = v.column2, \
                      dfsp = CASE WHEN v.column3 THEN v.column4 ELSE payments.dfsp END, \
@@ -559,7 +596,7 @@ impl Store for SqliteStore {
             }
         }
         // History rows of the whole group in a few multi-row statements.
-        for chunk in events.chunks(INSERT_CHUNK) {
+        for chunk in shaped_chunks(&events, INSERT_CHUNK) {
             let sql = format!(
                 "INSERT INTO payment_events (payment_id, at, from_status, to_status, \
                  reason_code, detail, route_version, adapter_version) VALUES {}",
@@ -579,7 +616,7 @@ impl Store for SqliteStore {
             }
             q.execute(&mut *tx).await?;
         }
-        for chunk in attempts.chunks(INSERT_CHUNK) {
+        for chunk in shaped_chunks(&attempts, INSERT_CHUNK) {
             let sql = format!(
                 "INSERT INTO dispatch_attempts (payment_id, dfsp, kind, idempotency_key, \
                  method, url, started_at, finished_at, http_status, outcome, error) VALUES {}",
@@ -700,5 +737,21 @@ impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shaped_chunks;
+
+    #[test]
+    fn chunks_cover_everything_in_few_shapes() {
+        let items: Vec<u32> = (0..1000).collect();
+        let chunks = shaped_chunks(&items, 256);
+        let sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [256, 256, 256, 128, 64, 32, 8]);
+        let joined: Vec<u32> = chunks.concat();
+        assert_eq!(joined, items);
+        assert!(shaped_chunks::<u32>(&[], 256).is_empty());
     }
 }
