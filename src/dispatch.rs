@@ -162,31 +162,16 @@ impl Dispatcher {
         let count = claimed.len();
         let live = self.live.load_full();
         let (settled, mut sends) = self.prepare(&live, claimed, now);
-        let mut changes = settled;
-        let n_settled = changes.len();
-        sends.retain(|s| match sending_change(s, now + self.settings.sending_lease_ms) {
-            Ok(change) => {
-                changes.push(change);
-                true
-            }
-            Err(illegal) => {
-                tracing::error!(payment = %s.payment.id, %illegal, "unexpected status at dispatch");
-                false
-            }
-        });
-        let applied = self.writer.apply(changes).await?;
-        let mut ready = Vec::with_capacity(sends.len());
-        for (mut s, applied) in sends.into_iter().zip(applied.into_iter().skip(n_settled)) {
-            if applied == Applied::Done {
-                s.permit = permits.split(1);
-                ready.push(s);
-            }
+        self.writer.apply(settled).await?;
+        for s in &mut sends {
+            s.permit = permits.split(1);
         }
         drop(permits);
-        if !ready.is_empty() {
+        if !sends.is_empty() {
             let writer = self.writer.clone();
             let engine = live.bundle.engine.clone();
-            tokio::spawn(async move { send_all(writer, engine, ready).await });
+            let lease_ms = self.settings.sending_lease_ms;
+            tokio::spawn(async move { send_all(writer, engine, sends, lease_ms).await });
         }
         Ok(count)
     }
@@ -208,9 +193,14 @@ impl Dispatcher {
                         reject => reject,
                     });
                 match decision {
-                    Ok(Decision::Dfsps(mut ids)) => {
-                        let first = ids.remove(0);
-                        (first, ids, Some(bundle.routing.version.clone()))
+                    Ok(Decision::Dfsps(ids)) => {
+                        let mut up = live.available(&ids, now);
+                        if up.is_empty() {
+                            settled.push(defer(&p, now));
+                            continue;
+                        }
+                        let first = up.remove(0);
+                        (first, up, Some(bundle.routing.version.clone()))
                     }
                     Ok(Decision::Reject { code, message }) => {
                         settled.extend(settle(
@@ -234,8 +224,20 @@ impl Dispatcher {
                     }
                 }
             } else {
-                match p.dfsp.clone() {
-                    Some(d) => (d, p.fallbacks.clone(), None),
+                // A routed payment's last send surely did not execute, so when its DFSP is
+                // down it may move on to the next fallback that is up.
+                let mut chain: Vec<String> = p.dfsp.iter().chain(&p.fallbacks).cloned().collect();
+                let up = live.available(&chain, now);
+                if let Some(first_up) = up.first() {
+                    let skip = chain.iter().position(|d| d == first_up).unwrap_or(0);
+                    chain.drain(..skip);
+                } else if !chain.is_empty() {
+                    settled.push(defer(&p, now));
+                    continue;
+                }
+                let mut chain = chain.into_iter();
+                match chain.next() {
+                    Some(d) => (d, chain.collect(), None),
                     None => {
                         settled.extend(settle(
                             &p,
@@ -325,6 +327,14 @@ impl Dispatcher {
     }
 }
 
+/// Leaves a payment where it is for a few seconds: every DFSP it could go to is down.
+fn defer(p: &Payment, now: i64) -> Change {
+    Change::at(&p.id, p.status).with(|f| {
+        f.next_at = Some(now + 5_000);
+        f.lease_until = Some(0);
+    })
+}
+
 /// received|routed → sending, committed before the request leaves.
 fn sending_change(s: &ToSend, lease_until: i64) -> Result<Change, IllegalTransition> {
     let p = &s.payment;
@@ -367,32 +377,88 @@ fn settle(
 
 /// Sends every request of a group concurrently and commits each outcome as it arrives,
 /// grouping outcomes that arrive together.
-async fn send_all(writer: Writer, engine: Arc<rhai::Engine>, group: Vec<ToSend>) {
-    // Each send is its own task, so a request keeps moving (and frees its in-flight slot)
-    // while earlier answers are being committed.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+/// Sends a group: each payment waits for a slot among its DFSP's requests in flight, then
+/// `sending` is committed for the payments that got one (grouped), then each request leaves in
+/// its own task; answers are committed as they arrive, grouped with whatever else finished.
+async fn send_all(writer: Writer, engine: Arc<rhai::Engine>, group: Vec<ToSend>, lease_ms: i64) {
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
     for s in group {
-        let tx = tx.clone();
+        let tx = ready_tx.clone();
         tokio::spawn(async move {
-            let started = now_ms();
-            let sent = s.client.send(&s.request).await;
-            let _ = tx.send((s, sent, started, now_ms()));
+            if let Some(slot) = s.client.acquire().await {
+                let _ = tx.send((s, slot));
+            }
         });
     }
-    drop(tx);
-    while let Some(first) = rx.recv().await {
-        let mut done = vec![first];
-        let linger = tokio::time::sleep(Duration::from_millis(2));
-        tokio::pin!(linger);
-        loop {
-            tokio::select! {
-                next = rx.recv() => match next {
-                    Some(r) => done.push(r),
-                    None => break,
-                },
-                _ = &mut linger => break,
+    drop(ready_tx);
+    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let recorder = tokio::spawn(record_answers(writer.clone(), engine, done_rx));
+    while let Some(first) = ready_rx.recv().await {
+        let ready = gather(first, &mut ready_rx).await;
+        let now = now_ms();
+        let mut changes = Vec::with_capacity(ready.len());
+        let mut going = Vec::with_capacity(ready.len());
+        for (s, slot) in ready {
+            match sending_change(&s, now + lease_ms) {
+                Ok(change) => {
+                    changes.push(change);
+                    going.push((s, slot));
+                }
+                Err(illegal) => {
+                    tracing::error!(payment = %s.payment.id, %illegal, "unexpected status at dispatch")
+                }
             }
         }
+        let applied = match writer.apply(changes).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                // Nothing was marked `sending`, so nothing leaves; the claim lease brings the
+                // payments back.
+                tracing::error!(error = %e, "could not mark payments as sending");
+                continue;
+            }
+        };
+        for ((s, slot), applied) in going.into_iter().zip(applied) {
+            if applied != Applied::Done {
+                continue; // cancelled or taken by someone else meanwhile: not sent
+            }
+            let tx = done_tx.clone();
+            tokio::spawn(async move {
+                let started = now_ms();
+                let sent = s.client.send_permitted(&s.request).await;
+                drop(slot);
+                let _ = tx.send((s, sent, started, now_ms()));
+            });
+        }
+    }
+    drop(done_tx);
+    let _ = recorder.await;
+}
+
+/// Waits briefly for more items after `first`, so that one commit covers them all.
+async fn gather<T>(first: T, rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>) -> Vec<T> {
+    let mut items = vec![first];
+    let linger = tokio::time::sleep(Duration::from_millis(2));
+    tokio::pin!(linger);
+    loop {
+        tokio::select! {
+            next = rx.recv() => match next {
+                Some(item) => items.push(item),
+                None => break,
+            },
+            _ = &mut linger => break,
+        }
+    }
+    items
+}
+
+async fn record_answers(
+    writer: Writer,
+    engine: Arc<rhai::Engine>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(ToSend, Sent, i64, i64)>,
+) {
+    while let Some(first) = rx.recv().await {
+        let done = gather(first, &mut rx).await;
         let changes: Vec<Change> = done
             .iter()
             .filter_map(|(s, sent, started, finished)| {

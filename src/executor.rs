@@ -64,12 +64,39 @@ struct CachedToken {
     expires_at: Instant,
 }
 
+/// Consecutive transport failures (no connection, no answer, 5xx, 429) that open the circuit.
+const CIRCUIT_THRESHOLD: u32 = 5;
+/// How long an open circuit keeps the DFSP out of routing before it is tried again.
+const CIRCUIT_COOL_DOWN_MS: i64 = 10_000;
+
 /// A pooled client for one DFSP.
 pub struct DfspClient {
     config: AdapterConfig,
     http: reqwest::Client,
     in_flight: Arc<Semaphore>,
     token: Mutex<Option<CachedToken>>,
+    failures: std::sync::atomic::AtomicU32,
+    open_until: std::sync::atomic::AtomicI64,
+}
+
+/// Circuit-breaker state, as routing rules see it in `ctx.dfsps.<id>.circuit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Circuit {
+    Closed,
+    /// Too many consecutive failures: kept out of routing until the cool-down ends.
+    Open,
+    /// Cool-down over: the next answer closes or reopens it.
+    HalfOpen,
+}
+
+impl Circuit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Circuit::Closed => "closed",
+            Circuit::Open => "open",
+            Circuit::HalfOpen => "half_open",
+        }
+    }
 }
 
 impl std::fmt::Debug for DfspClient {
@@ -98,7 +125,39 @@ impl DfspClient {
             config,
             http,
             token: Mutex::new(None),
+            failures: std::sync::atomic::AtomicU32::new(0),
+            open_until: std::sync::atomic::AtomicI64::new(0),
         })
+    }
+
+    pub fn circuit(&self, now: i64) -> Circuit {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.failures.load(Relaxed) < CIRCUIT_THRESHOLD {
+            Circuit::Closed
+        } else if now < self.open_until.load(Relaxed) {
+            Circuit::Open
+        } else {
+            Circuit::HalfOpen
+        }
+    }
+
+    /// Whether routing should send to this DFSP now.
+    pub fn available(&self, now: i64) -> bool {
+        self.circuit(now) != Circuit::Open
+    }
+
+    fn record(&self, sent: &Sent) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let healthy = match sent {
+            Sent::Response(r) => r.status < 500 && r.status != 429,
+            Sent::NotSent(_) | Sent::Unknown(_) => false,
+        };
+        if healthy {
+            self.failures.store(0, Relaxed);
+        } else if self.failures.fetch_add(1, Relaxed) + 1 >= CIRCUIT_THRESHOLD {
+            self.open_until
+                .store(crate::clock::now_ms() + CIRCUIT_COOL_DOWN_MS, Relaxed);
+        }
     }
 
     pub fn config(&self) -> &AdapterConfig {
@@ -122,11 +181,23 @@ impl DfspClient {
     /// Sends one request; with OAuth2, a 401 refreshes the token and retries once (a 401 means
     /// the DFSP refused the request, so resending it cannot execute it twice).
     pub async fn send(&self, req: &DfspRequest) -> Sent {
-        let Ok(_permit) = self.in_flight.acquire().await else {
+        let Some(_permit) = self.acquire().await else {
             return Sent::NotSent("executor is shutting down".into());
         };
+        self.send_permitted(req).await
+    }
+
+    /// A slot among this DFSP's requests in flight. The dispatcher takes it before it commits
+    /// `sending`, so a payment marked `sending` is one whose request is really about to leave
+    /// (and not one queued here, which a crash would otherwise turn into `unknown`).
+    pub async fn acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.in_flight.clone().acquire_owned().await.ok()
+    }
+
+    /// [`DfspClient::send`] for a caller that already holds a slot from [`DfspClient::acquire`].
+    pub async fn send_permitted(&self, req: &DfspRequest) -> Sent {
         let first = self.send_once(req, false).await;
-        match first {
+        let sent = match first {
             Sent::Response(ref r)
                 if r.status == 401
                     && matches!(self.config.auth, Auth::OAuth2ClientCredentials { .. }) =>
@@ -134,7 +205,9 @@ impl DfspClient {
                 self.send_once(req, true).await
             }
             other => other,
-        }
+        };
+        self.record(&sent);
+        sent
     }
 
     async fn send_once(&self, req: &DfspRequest, refresh_token: bool) -> Sent {

@@ -39,9 +39,15 @@ impl Live {
         let mut dfsps = Map::new();
         for (id, adapter) in &self.bundle.adapters {
             let caps = &adapter.config.capabilities;
-            let in_flight = self.clients.get(id).map_or(0, |c| c.in_flight());
+            let client = self.clients.get(id);
+            let in_flight = client.map_or(0, |c| c.in_flight());
+            let circuit = client.map_or(crate::executor::Circuit::Closed, |c| c.circuit(now));
             let mut d = Map::new();
-            d.insert("available".into(), Dynamic::TRUE);
+            d.insert(
+                "available".into(),
+                Dynamic::from_bool(circuit != crate::executor::Circuit::Open),
+            );
+            d.insert("circuit".into(), circuit.as_str().into());
             d.insert("name".into(), adapter.config.name.clone().into());
             d.insert("in_flight".into(), Dynamic::from_int(in_flight as i64));
             d.insert(
@@ -67,6 +73,17 @@ impl Live {
         ctx.insert("now".into(), Dynamic::from_int(now));
         ctx.insert("dfsps".into(), crate::script::convert::shared(dfsps));
         crate::script::convert::shared(ctx)
+    }
+}
+
+impl Live {
+    /// The candidates whose circuit is not open, in order. Empty when every one is down: the
+    /// payment then waits rather than being rejected for a passing outage.
+    pub fn available(&self, ids: &[String], now: i64) -> Vec<String> {
+        ids.iter()
+            .filter(|id| self.clients.get(*id).is_none_or(|c| c.available(now)))
+            .cloned()
+            .collect()
     }
 }
 

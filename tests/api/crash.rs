@@ -173,6 +173,8 @@ async fn kill_9_mid_batch_pays_nobody_twice() {
             other => panic!("payment {pid} ended {other}: {p}"),
         }
     }
-    // The Mojaloop SDK cannot be asked without a transferId: the few interrupted ones wait.
-    assert!(unknown < 300, "{unknown} unknown");
+    // The Mojaloop SDK cannot be asked without a transferId: the interrupted ones wait. Only
+    // requests really in flight can be among them (`sending` is committed once a slot among
+    // the adapter's 32 requests in flight is held), never payments still queued in PIL.
+    assert!(unknown <= 32, "{unknown} unknown");
 }

@@ -323,3 +323,65 @@ async fn cancel_after_sending_is_refused() {
     assert_eq!(st, 409, "{body}");
     assert_eq!(body["error"]["code"], "not_cancellable");
 }
+
+#[tokio::test]
+async fn an_unreachable_dfsp_falls_back_only_after_proving_nothing_was_sent() {
+    let app = spawn_with(SimConfig::default(), |_, dir| {
+        // Nothing listens on port 9: connections are refused, so nothing can have executed.
+        let path = dir.join("adapters/mtn-momo/adapter.toml");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("base_url") {
+                    "base_url = \"http://127.0.0.1:9\"".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        std::fs::write(&path, text.join("\n")).expect("write");
+    })
+    .await;
+    let refs = ["down-1", "down-2", "down-3", "down-4", "down-5", "down-6"];
+    let batch = app
+        .submit(
+            "mtn-down",
+            refs.iter()
+                .enumerate()
+                .map(|(i, r)| payment(r, &mtn(&format!("25670000004{i}")), "4.00"))
+                .collect(),
+        )
+        .await;
+    let all = app
+        .wait_until(&batch, Duration::from_secs(40), |p| {
+            status(p) == "succeeded"
+        })
+        .await;
+    let stats = app.sim.simulator.stats();
+    for r in refs {
+        let p = &all[r];
+        assert_eq!(p["dfsp"], "mojaloop-sdk", "{p}");
+        let id = p["id"].as_str().expect("id");
+        assert_eq!(stats.executed.get(id), Some(&1), "{r}");
+        let (_, full) = app.get(&format!("/api/v1/payments/{id}")).await;
+        let history = full["history"].as_array().expect("history");
+        // Every MTN attempt failed before reaching MTN (no HTTP answer); Mojaloop paid.
+        let attempts = full["dispatch_attempts"].as_array().expect("attempts");
+        assert!(
+            attempts
+                .iter()
+                .filter(|a| a["dfsp"] == "mtn-momo")
+                .all(|a| a["http_status"].is_null() && a["error"].is_string()),
+            "{full}"
+        );
+        assert!(
+            history
+                .iter()
+                .any(|e| e["reason_code"] == "retry" || e["reason_code"] == "fallback"),
+            "{full}"
+        );
+        assert_eq!(attempts.last().expect("last")["dfsp"], "mojaloop-sdk");
+        assert_eq!(history.last().expect("last")["to"], "succeeded");
+    }
+}
