@@ -46,3 +46,65 @@ fn broken_scripts_fail_with_file_line_col() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("adapter.toml:2:"), "{stderr}");
 }
+
+#[test]
+fn route_dry_run_shows_the_decision_and_requests_without_secrets() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("payment.json");
+    std::fs::write(
+        &file,
+        r#"{"reference_id": "r1", "payee_fa": "mobile:256772123456@mtn", "amount": "150.00", "currency": "KES", "payee_name": "Jane"}"#,
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_pil"))
+        .arg("route")
+        .arg(&file)
+        .env("PIL_RULES_DIR", repo().join("rules"))
+        .env("PIL_ADAPTERS_DIR", repo().join("adapters"))
+        .output()
+        .expect("run pil route");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON output");
+    assert_eq!(
+        v["decision"]["dfsps"],
+        serde_json::json!(["mtn-momo", "mojaloop-sdk"])
+    );
+    let mtn = &v["candidates"][0]["request"];
+    assert!(
+        mtn["url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("/disbursement/v1_0/transfer")),
+        "{v}"
+    );
+    assert_eq!(mtn["body"]["amount"], "150");
+    assert_eq!(mtn["headers"]["Ocp-Apim-Subscription-Key"], "<redacted>");
+    assert_eq!(mtn["headers"]["Authorization"], "<redacted>");
+    // The configured (default) secrets appear nowhere in the output.
+    for secret in ["pil-sim-subscription", "pil-sim-key", "pil-sim-user"] {
+        assert!(!stdout.contains(secret), "{secret} leaked: {stdout}");
+    }
+    let ml = &v["candidates"][1]["request"];
+    assert_eq!(ml["body"]["amount"], "150");
+    assert_eq!(ml["body"]["to"]["idValue"], "256772123456");
+
+    // A payment no rule serves is rejected with the rule's reason.
+    std::fs::write(
+        &file,
+        r#"{"payee_fa": "mobile:1@nobank", "amount": "1", "currency": "KES"}"#,
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_pil"))
+        .arg("route")
+        .arg(&file)
+        .env("PIL_RULES_DIR", repo().join("rules"))
+        .env("PIL_ADAPTERS_DIR", repo().join("adapters"))
+        .output()
+        .expect("run pil route");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
+    assert_eq!(v["decision"]["reject"], "payee_fa.unroutable");
+}
