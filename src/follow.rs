@@ -17,7 +17,7 @@ use crate::map::{CallbackMatch, Outcome, Reported, body_dynamic, headers_map};
 use crate::payment::{Attempt, Change, NotExecuted, Payment, Status};
 use crate::route::Live;
 use crate::script::convert::payment_dynamic;
-use crate::store::{Claim, Lookup, RawCallback, Store, StoreError, Writer};
+use crate::store::{Claim, FinishedCallback, Lookup, RawCallback, Store, StoreError, Writer};
 
 /// A parked payment is not looked at again until an operator acts.
 pub const PARKED: i64 = i64::MAX;
@@ -173,7 +173,10 @@ pub async fn handle_callback(
         .adapter(&raw.dfsp)
         .cloned()
         .ok_or_else(|| CallbackError::UnknownDfsp(raw.dfsp.clone()))?;
-    let id = store.insert_callback(&raw).await?;
+    let id = writer
+        .insert_callback(raw.clone())
+        .await
+        .map_err(CallbackError::Write)?;
     let outcome = if !adapter.can_parse_callbacks() {
         CallbackOutcome::Ignored
     } else {
@@ -217,9 +220,14 @@ pub async fn handle_callback(
         CallbackOutcome::Applied(id) | CallbackOutcome::NoChange(id) => Some(id.as_str()),
         _ => None,
     };
-    store
-        .finish_callback(id, payment_id, &outcome.label(), now_ms())
-        .await?;
+    writer
+        .finish_callback(FinishedCallback {
+            id,
+            payment_id: payment_id.map(str::to_string),
+            outcome: outcome.label(),
+        })
+        .await
+        .map_err(CallbackError::Write)?;
     Ok(outcome)
 }
 

@@ -123,7 +123,31 @@ pub struct RawCallback {
     pub received_at: i64,
 }
 
-/// What happened to each change of an [`Store::apply`] call, in order.
+/// What one group write contains.
+#[derive(Debug, Clone, Default)]
+pub struct WriteGroup {
+    pub callbacks: Vec<RawCallback>,
+    pub changes: Vec<Change>,
+    pub finished: Vec<FinishedCallback>,
+}
+
+/// The outcome recorded next to a stored raw callback.
+#[derive(Debug, Clone)]
+pub struct FinishedCallback {
+    pub id: i64,
+    pub payment_id: Option<String>,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WriteResult {
+    /// Ids of the inserted callbacks, in order.
+    pub callback_ids: Vec<i64>,
+    /// One per change, in order.
+    pub applied: Vec<Applied>,
+}
+
+/// What happened to each change of a group write, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     Done,
@@ -163,22 +187,15 @@ pub trait Store: Send + Sync + 'static {
         lease_until: i64,
         owner: &str,
     ) -> StoreResult<Vec<Payment>>;
-    /// Applies changes in one transaction; each only if its payment is still in `expect`.
-    async fn apply(&self, changes: &[Change], now: i64) -> StoreResult<Vec<Applied>>;
+    /// Writes a group in one transaction: raw callbacks first, then the changes (each only if
+    /// its payment is still in `expect`), then callback outcomes.
+    async fn write(&self, group: &WriteGroup, now: i64) -> StoreResult<WriteResult>;
     /// Payments left in `sending` whose outcome nobody will learn from the request: those
     /// whose lease expired, and, when `restarted_owner` is given (an instance starting up),
     /// those that instance held before it stopped. They move to `unknown` (to be looked up,
     /// never resent blindly); other leases of a restarted owner are released. Returns how
     /// many payments moved to `unknown`.
     async fn recover_sending(&self, now: i64, restarted_owner: Option<&str>) -> StoreResult<u64>;
-    async fn insert_callback(&self, callback: &RawCallback) -> StoreResult<i64>;
-    async fn finish_callback(
-        &self,
-        id: i64,
-        payment_id: Option<&str>,
-        outcome: &str,
-        now: i64,
-    ) -> StoreResult<()>;
     /// Counts per status across all payments (for the demo and readiness).
     async fn status_counts(&self) -> StoreResult<Vec<(Status, i64)>>;
     async fn ping(&self) -> StoreResult<()>;
@@ -204,12 +221,16 @@ pub struct Writer {
 }
 
 struct WriteJob {
-    changes: Vec<Change>,
-    reply: tokio::sync::oneshot::Sender<Result<Vec<Applied>, String>>,
+    group: WriteGroup,
+    reply: tokio::sync::oneshot::Sender<Result<WriteResult, String>>,
 }
 
-/// Upper bound on changes merged into one transaction.
+/// Upper bound on items merged into one transaction.
 const MAX_GROUP: usize = 4_000;
+
+fn group_size(g: &WriteGroup) -> usize {
+    g.callbacks.len() + g.changes.len() + g.finished.len()
+}
 
 impl Writer {
     pub fn start(store: std::sync::Arc<dyn Store>) -> Writer {
@@ -217,26 +238,34 @@ impl Writer {
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut jobs = vec![first];
-                let mut size = jobs[0].changes.len();
+                let mut size = group_size(&jobs[0].group);
                 while size < MAX_GROUP {
                     match rx.try_recv() {
                         Ok(job) => {
-                            size += job.changes.len();
+                            size += group_size(&job.group);
                             jobs.push(job);
                         }
                         Err(_) => break,
                     }
                 }
-                let all: Vec<Change> = jobs
-                    .iter()
-                    .flat_map(|j| j.changes.iter().cloned())
-                    .collect();
-                let result = store.apply(&all, crate::clock::now_ms()).await;
-                match result {
-                    Ok(applied) => {
-                        let mut it = applied.into_iter();
+                let mut all = WriteGroup::default();
+                for j in &jobs {
+                    all.callbacks.extend(j.group.callbacks.iter().cloned());
+                    all.changes.extend(j.group.changes.iter().cloned());
+                    all.finished.extend(j.group.finished.iter().cloned());
+                }
+                match store.write(&all, crate::clock::now_ms()).await {
+                    Ok(result) => {
+                        let mut ids = result.callback_ids.into_iter();
+                        let mut applied = result.applied.into_iter();
                         for job in jobs {
-                            let mine: Vec<Applied> = it.by_ref().take(job.changes.len()).collect();
+                            let mine = WriteResult {
+                                callback_ids: ids
+                                    .by_ref()
+                                    .take(job.group.callbacks.len())
+                                    .collect(),
+                                applied: applied.by_ref().take(job.group.changes.len()).collect(),
+                            };
                             let _ = job.reply.send(Ok(mine));
                         }
                     }
@@ -252,16 +281,48 @@ impl Writer {
         Writer { tx }
     }
 
-    /// Applies changes durably (see [`Store::apply`]); returns once committed.
-    pub async fn apply(&self, changes: Vec<Change>) -> Result<Vec<Applied>, String> {
-        if changes.is_empty() {
-            return Ok(Vec::new());
+    /// Writes a group durably; returns once committed.
+    pub async fn write(&self, group: WriteGroup) -> Result<WriteResult, String> {
+        if group_size(&group) == 0 {
+            return Ok(WriteResult::default());
         }
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
-            .send(WriteJob { changes, reply })
+            .send(WriteJob { group, reply })
             .await
             .map_err(|_| "writer stopped".to_string())?;
         rx.await.map_err(|_| "writer stopped".to_string())?
+    }
+
+    /// Applies changes durably, each only if its payment is still in `expect`.
+    pub async fn apply(&self, changes: Vec<Change>) -> Result<Vec<Applied>, String> {
+        self.write(WriteGroup {
+            changes,
+            ..WriteGroup::default()
+        })
+        .await
+        .map(|r| r.applied)
+    }
+
+    /// Stores a raw callback durably and returns its id.
+    pub async fn insert_callback(&self, callback: RawCallback) -> Result<i64, String> {
+        self.write(WriteGroup {
+            callbacks: vec![callback],
+            ..WriteGroup::default()
+        })
+        .await?
+        .callback_ids
+        .first()
+        .copied()
+        .ok_or_else(|| "callback was not stored".to_string())
+    }
+
+    pub async fn finish_callback(&self, finished: FinishedCallback) -> Result<(), String> {
+        self.write(WriteGroup {
+            finished: vec![finished],
+            ..WriteGroup::default()
+        })
+        .await
+        .map(|_| ())
     }
 }

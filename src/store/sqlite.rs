@@ -15,8 +15,8 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{
-    Applied, BatchInsert, BatchRecord, Claim, Lookup, NewBatch, NewPayment, RawCallback,
-    StatusTotal, Store, StoreError, StoreResult, StoredAttempt, StoredEvent,
+    Applied, BatchInsert, BatchRecord, Claim, Lookup, NewBatch, NewPayment, StatusTotal, Store,
+    StoreError, StoreResult, StoredAttempt, StoredEvent, WriteGroup, WriteResult,
 };
 use crate::money::{Currency, Money};
 use crate::payment::{Attempt, Change, Event, Payment, Status};
@@ -505,8 +505,113 @@ impl Store for SqliteStore {
         Ok(payments)
     }
 
-    async fn apply(&self, changes: &[Change], now: i64) -> StoreResult<Vec<Applied>> {
+    async fn write(&self, group: &WriteGroup, now: i64) -> StoreResult<WriteResult> {
         let mut tx = self.writer.begin().await?;
+        let mut callback_ids = Vec::with_capacity(group.callbacks.len());
+        for cb in &group.callbacks {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO raw_callbacks (dfsp, method, path, headers, body, received_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            )
+            .bind(&cb.dfsp)
+            .bind(&cb.method)
+            .bind(&cb.path)
+            .bind(cb.headers.to_string())
+            .bind(&cb.body)
+            .bind(cb.received_at)
+            .fetch_one(&mut *tx)
+            .await?;
+            callback_ids.push(id);
+        }
+        let applied = apply_changes(&mut tx, &group.changes, now).await?;
+        for f in &group.finished {
+            sqlx::query(
+                "UPDATE raw_callbacks SET processed_at = $2, payment_id = $3, outcome = $4 \
+                 WHERE id = $1",
+            )
+            .bind(f.id)
+            .bind(now)
+            .bind(&f.payment_id)
+            .bind(&f.outcome)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(WriteResult {
+            callback_ids,
+            applied,
+        })
+    }
+
+    async fn recover_sending(&self, now: i64, restarted_owner: Option<&str>) -> StoreResult<u64> {
+        let mut tx = self.writer.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM payments WHERE status = 'sending' \
+             AND (lease_until <= $1 OR lease_owner = $2)",
+        )
+        .bind(now)
+        .bind(restarted_owner)
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in &ids {
+            sqlx::query(
+                "UPDATE payments SET status = 'unknown', reason_code = 'send_interrupted', \
+                 reason = 'PIL stopped while the request was in flight', next_at = $2, \
+                 lease_until = 0, lease_owner = NULL, updated_at = $2 \
+                 WHERE id = $1 AND status = 'sending'",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO payment_events (payment_id, at, from_status, to_status, reason_code, detail) \
+                 VALUES ($1, $2, 'sending', 'unknown', 'send_interrupted', \
+                 'the send was interrupted; the outcome will be looked up, never resent blindly')",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(owner) = restarted_owner {
+            sqlx::query(
+                "UPDATE payments SET lease_until = 0, lease_owner = NULL \
+                 WHERE lease_owner = $1 AND status <> 'sending'",
+            )
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(ids.len() as u64)
+    }
+
+    async fn status_counts(&self) -> StoreResult<Vec<(Status, i64)>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM payments GROUP BY status")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let s: String = row.try_get("status")?;
+                Ok((status_of(&s)?, row.try_get("n")?))
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+}
+
+/// Applies changes inside `tx`; see [`Store::write`].
+async fn apply_changes(
+    conn: &mut sqlx::SqliteConnection,
+    changes: &[Change],
+    now: i64,
+) -> StoreResult<Vec<Applied>> {
+    {
         let mut out = vec![Applied::Stale; changes.len()];
         // One UPDATE … FROM (VALUES …) per chunk instead of one statement per payment. A
         // statement must not touch a payment twice, so later changes to the same payment
@@ -567,7 +672,7 @@ impl Store for SqliteStore {
                         .bind(change.expect.as_str());
                 }
                 let done: std::collections::HashSet<String> = q
-                    .fetch_all(&mut *tx)
+                    .fetch_all(&mut *conn)
                     .await?
                     .iter()
                     .map(|row| row.try_get::<String, _>(0))
@@ -614,7 +719,7 @@ impl Store for SqliteStore {
                     .bind(&e.route_version)
                     .bind(&e.adapter_version);
             }
-            q.execute(&mut *tx).await?;
+            q.execute(&mut *conn).await?;
         }
         for chunk in shaped_chunks(&attempts, INSERT_CHUNK) {
             let sql = format!(
@@ -637,106 +742,9 @@ impl Store for SqliteStore {
                     .bind(&a.outcome)
                     .bind(&a.error);
             }
-            q.execute(&mut *tx).await?;
+            q.execute(&mut *conn).await?;
         }
-        tx.commit().await?;
         Ok(out)
-    }
-
-    async fn recover_sending(&self, now: i64, restarted_owner: Option<&str>) -> StoreResult<u64> {
-        let mut tx = self.writer.begin().await?;
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM payments WHERE status = 'sending' \
-             AND (lease_until <= $1 OR lease_owner = $2)",
-        )
-        .bind(now)
-        .bind(restarted_owner)
-        .fetch_all(&mut *tx)
-        .await?;
-        for id in &ids {
-            sqlx::query(
-                "UPDATE payments SET status = 'unknown', reason_code = 'send_interrupted', \
-                 reason = 'PIL stopped while the request was in flight', next_at = $2, \
-                 lease_until = 0, lease_owner = NULL, updated_at = $2 \
-                 WHERE id = $1 AND status = 'sending'",
-            )
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO payment_events (payment_id, at, from_status, to_status, reason_code, detail) \
-                 VALUES ($1, $2, 'sending', 'unknown', 'send_interrupted', \
-                 'the send was interrupted; the outcome will be looked up, never resent blindly')",
-            )
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(owner) = restarted_owner {
-            sqlx::query(
-                "UPDATE payments SET lease_until = 0, lease_owner = NULL \
-                 WHERE lease_owner = $1 AND status <> 'sending'",
-            )
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(ids.len() as u64)
-    }
-
-    async fn insert_callback(&self, cb: &RawCallback) -> StoreResult<i64> {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO raw_callbacks (dfsp, method, path, headers, body, received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(&cb.dfsp)
-        .bind(&cb.method)
-        .bind(&cb.path)
-        .bind(cb.headers.to_string())
-        .bind(&cb.body)
-        .bind(cb.received_at)
-        .fetch_one(&self.writer)
-        .await?;
-        Ok(id)
-    }
-
-    async fn finish_callback(
-        &self,
-        id: i64,
-        payment_id: Option<&str>,
-        outcome: &str,
-        now: i64,
-    ) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE raw_callbacks SET processed_at = $2, payment_id = $3, outcome = $4 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(now)
-        .bind(payment_id)
-        .bind(outcome)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    async fn status_counts(&self) -> StoreResult<Vec<(Status, i64)>> {
-        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM payments GROUP BY status")
-            .fetch_all(&self.reader)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let s: String = row.try_get("status")?;
-                Ok((status_of(&s)?, row.try_get("n")?))
-            })
-            .collect()
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
-        Ok(())
     }
 }
 
