@@ -6,8 +6,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use pil::money::{Currency, Money};
-use pil::payment::{Payment, Status};
+use pil::payment::Payment;
 use pil::route::{Decision, Live, route};
 use pil::script::convert::payment_dynamic;
 use pil::script::{Bundle, engine};
@@ -19,34 +18,21 @@ fn sample(i: usize) -> Payment {
     } else {
         format!("mobile:2567{i:08}@mojaloop")
     };
-    Payment {
+    let row = pil::store::NewPayment {
         id: format!("0190d6a2-0000-7000-8000-{i:012}"),
-        batch_id: "b".into(),
-        seq: i as i64,
-        sender_id: "bench".into(),
         reference_id: format!("ref-{i}"),
         payee_fa: Some(fa),
         payee_id_type: None,
         payee_id_value: None,
-        amount: Money::from_minor(12_345 + i as i64, Currency::from_code("KES").expect("KES")),
+        amount_minor: 12_345 + i as i64,
+        currency: "KES".into(),
         payee_name: Some("Jane Doe".into()),
         note: None,
         meta: None,
-        status: Status::Received,
-        dfsp: None,
-        fallbacks: vec![],
-        dfsp_ref: None,
-        idempotency_key: Some("5f0c6c2e-5b9d-4d41-9b1e-6f5d2b1f0a11".into()),
-        attempts: 0,
-        polls: 0,
-        reason_code: None,
-        reason: None,
-        route_version: None,
-        adapter_version: None,
-        next_at: 0,
-        created_at: 0,
-        updated_at: 0,
-    }
+    };
+    let mut p = pil::ingest::received_payment(&row, "b", "bench", 0).expect("payment");
+    p.idempotency_key = Some("5f0c6c2e-5b9d-4d41-9b1e-6f5d2b1f0a11".into());
+    p
 }
 
 fn scripted(live: &Live, payments: &[Payment]) -> usize {

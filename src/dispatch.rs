@@ -2,10 +2,12 @@
 //! received → routed → sending → accepted | succeeded | failed | unknown.
 //!
 //! The order is what keeps money safe: routing and mapping run first (script errors fail only
-//! their payment); then `sending` is committed for the whole group in one transaction; only
-//! payments whose `sending` mark committed are sent; each response is parsed and committed as
-//! it arrives (grouped with whatever else finished). A send that may have reached the DFSP and
-//! got no answer becomes `unknown`, never a resend. This module does not poll or take callbacks.
+//! their payment); then each payment waits for one of its DFSP's in-flight slots, and
+//! `sending` (with the routing decision) is committed for the payments holding a slot, grouped;
+//! only payments whose `sending` mark committed are sent; each answer is parsed and committed
+//! as it arrives (grouped with whatever else finished). A send that may have reached the DFSP
+//! and got no answer becomes `unknown`, never a resend. This module does not poll or take
+//! callbacks.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,8 +136,8 @@ impl Dispatcher {
         }
     }
 
-    /// Claims one group of due payments, commits their routing and `sending` marks, and
-    /// hands the sends to a task. Returns how many payments it claimed.
+    /// Claims one group of due payments, routes and maps them, settles those that will not
+    /// be sent, and hands the rest to a sending task. Returns how many payments it claimed.
     pub async fn dispatch_once(&self) -> Result<usize, String> {
         let size = self.settings.claim_size.max(1) as usize;
         let mut permits = self

@@ -277,6 +277,44 @@ pub fn request_hash(sender_id: &str, batch_id: &str, payments: &[NewPayment]) ->
     hex::encode(h.finalize())
 }
 
+/// The payment a validated row becomes once stored: `received`, nothing decided yet. Used where
+/// a payment is needed without storing it (dry runs, benchmarks).
+pub fn received_payment(
+    row: &NewPayment,
+    batch_id: &str,
+    sender_id: &str,
+    now: i64,
+) -> Result<crate::payment::Payment, crate::money::MoneyError> {
+    Ok(crate::payment::Payment {
+        id: row.id.clone(),
+        batch_id: batch_id.to_string(),
+        seq: 0,
+        sender_id: sender_id.to_string(),
+        reference_id: row.reference_id.clone(),
+        payee_fa: row.payee_fa.clone(),
+        payee_id_type: row.payee_id_type.clone(),
+        payee_id_value: row.payee_id_value.clone(),
+        amount: Money::from_minor(row.amount_minor, Currency::from_code(&row.currency)?),
+        payee_name: row.payee_name.clone(),
+        note: row.note.clone(),
+        meta: row.meta.clone(),
+        status: crate::payment::Status::Received,
+        dfsp: None,
+        fallbacks: Vec::new(),
+        dfsp_ref: None,
+        idempotency_key: None,
+        attempts: 0,
+        polls: 0,
+        reason_code: None,
+        reason: None,
+        route_version: None,
+        adapter_version: None,
+        next_at: now,
+        created_at: now,
+        updated_at: now,
+    })
+}
+
 pub fn new_batch(sender_id: &str, batch_id: &str, payments: &[NewPayment], now: i64) -> NewBatch {
     NewBatch {
         id: uuid::Uuid::now_v7().to_string(),

@@ -10,8 +10,6 @@ use serde_json::json;
 
 use crate::executor::Body;
 use crate::ingest::{self, Item};
-use crate::money::{Currency, Money};
-use crate::payment::{Payment, Status};
 use crate::route::{Decision, route};
 use crate::script::convert::payment_map;
 use crate::script::{Bundle, LoadErrors, engine};
@@ -41,41 +39,13 @@ pub fn dry_run(bundle: &Bundle, input: &serde_json::Value) -> Result<serde_json:
             .collect::<Vec<_>>()
             .join("\n")
     })?;
-    let row = &rows[0];
-    let currency = Currency::from_code(&row.currency).map_err(|e| e.to_string())?;
     let now = crate::clock::now_ms();
-    let payment = Payment {
-        id: row.id.clone(),
-        batch_id: "dry-run".into(),
-        seq: 0,
-        sender_id: input
-            .get("sender_id")
-            .and_then(|v| v.as_str())
-            .unwrap_or("default")
-            .into(),
-        reference_id: row.reference_id.clone(),
-        payee_fa: row.payee_fa.clone(),
-        payee_id_type: row.payee_id_type.clone(),
-        payee_id_value: row.payee_id_value.clone(),
-        amount: Money::from_minor(row.amount_minor, currency),
-        payee_name: row.payee_name.clone(),
-        note: row.note.clone(),
-        meta: row.meta.clone(),
-        status: Status::Received,
-        dfsp: None,
-        fallbacks: Vec::new(),
-        dfsp_ref: None,
-        idempotency_key: None,
-        attempts: 0,
-        polls: 0,
-        reason_code: None,
-        reason: None,
-        route_version: None,
-        adapter_version: None,
-        next_at: now,
-        created_at: now,
-        updated_at: now,
-    };
+    let sender_id = input
+        .get("sender_id")
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
+    let payment =
+        ingest::received_payment(&rows[0], "dry-run", sender_id, now).map_err(|e| e.to_string())?;
     let map = payment_map(&payment, None);
     let live_ctx = routing_ctx(bundle, now);
     let decision =

@@ -47,6 +47,16 @@ fn broken_scripts_fail_with_file_line_col() {
     assert!(stderr.contains("adapter.toml:2:"), "{stderr}");
 }
 
+fn pil_route(file: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pil"))
+        .arg("route")
+        .arg(file)
+        .env("PIL_RULES_DIR", repo().join("rules"))
+        .env("PIL_ADAPTERS_DIR", repo().join("adapters"))
+        .output()
+        .expect("run pil route")
+}
+
 #[test]
 fn route_dry_run_shows_the_decision_and_requests_without_secrets() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -56,13 +66,7 @@ fn route_dry_run_shows_the_decision_and_requests_without_secrets() {
         r#"{"reference_id": "r1", "payee_fa": "mobile:256772123456@mtn", "amount": "150.00", "currency": "KES", "payee_name": "Jane"}"#,
     )
     .expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_pil"))
-        .arg("route")
-        .arg(&file)
-        .env("PIL_RULES_DIR", repo().join("rules"))
-        .env("PIL_ADAPTERS_DIR", repo().join("adapters"))
-        .output()
-        .expect("run pil route");
+    let out = pil_route(&file);
     assert!(
         out.status.success(),
         "{}",
@@ -98,13 +102,7 @@ fn route_dry_run_shows_the_decision_and_requests_without_secrets() {
         r#"{"payee_fa": "mobile:1@nobank", "amount": "1", "currency": "KES"}"#,
     )
     .expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_pil"))
-        .arg("route")
-        .arg(&file)
-        .env("PIL_RULES_DIR", repo().join("rules"))
-        .env("PIL_ADAPTERS_DIR", repo().join("adapters"))
-        .output()
-        .expect("run pil route");
+    let out = pil_route(&file);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
     assert_eq!(v["decision"]["reject"], "payee_fa.unroutable");
 }
