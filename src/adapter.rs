@@ -79,7 +79,7 @@ struct RawAdapterConfig {
     poll: PollPolicy,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAuth {
     #[serde(rename = "type", default = "default_auth_type")]
@@ -93,6 +93,24 @@ struct RawAuth {
     client_id: Option<String>,
     client_secret: Option<String>,
     scope: Option<String>,
+}
+
+/// No `[auth]` table means no auth (not an empty type name).
+impl Default for RawAuth {
+    fn default() -> Self {
+        RawAuth {
+            kind: default_auth_type(),
+            username: None,
+            password: None,
+            token: None,
+            header: None,
+            key: None,
+            token_url: None,
+            client_id: None,
+            client_secret: None,
+            scope: None,
+        }
+    }
 }
 
 fn default_auth_type() -> String {
@@ -393,6 +411,14 @@ password = "${PIL_TEST_SURELY_UNSET:-hunter2-secret}"
         let printed = format!("{cfg:?}");
         assert!(!printed.contains("hunter2-secret"), "{printed}");
         assert!(cfg.secrets().contains(&"hunter2-secret"));
+    }
+
+    #[test]
+    fn minimal_config_needs_no_auth_table() {
+        let cfg = AdapterConfig::parse("a.toml", "id = \"x\"\nbase_url = \"http://h\"\n")
+            .expect("minimal config");
+        assert!(matches!(cfg.auth, Auth::None));
+        assert_eq!(cfg.max_in_flight, 64);
     }
 
     #[test]

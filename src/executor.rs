@@ -380,3 +380,45 @@ impl DfspClient {
         Ok(value)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> DfspClient {
+        let cfg = AdapterConfig::parse("a.toml", "id = \"x\"\nbase_url = \"http://127.0.0.1:9\"\n")
+            .expect("config");
+        DfspClient::new(cfg).expect("client")
+    }
+
+    fn answer(status: u16) -> Sent {
+        Sent::Response(DfspResponse {
+            status,
+            headers: BTreeMap::new(),
+            body: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn circuit_opens_after_consecutive_failures_and_half_opens_after_cool_down() {
+        let c = client();
+        let now = crate::clock::now_ms();
+        for _ in 0..CIRCUIT_THRESHOLD - 1 {
+            c.record(&Sent::NotSent("refused".into()));
+        }
+        assert_eq!(c.circuit(now), Circuit::Closed);
+        // A 4xx answer proves the DFSP is reachable: the count starts again.
+        c.record(&answer(400));
+        for _ in 0..CIRCUIT_THRESHOLD - 1 {
+            c.record(&answer(503));
+        }
+        assert!(c.available(now));
+        c.record(&Sent::Unknown("timeout".into()));
+        assert_eq!(c.circuit(crate::clock::now_ms()), Circuit::Open);
+        assert!(!c.available(crate::clock::now_ms()));
+        let later = crate::clock::now_ms() + CIRCUIT_COOL_DOWN_MS + 1;
+        assert_eq!(c.circuit(later), Circuit::HalfOpen);
+        c.record(&answer(202));
+        assert_eq!(c.circuit(later), Circuit::Closed);
+    }
+}

@@ -242,6 +242,7 @@ async fn apply_report(
     lookup: &Lookup,
     report: &Outcome,
 ) -> Result<CallbackOutcome, CallbackError> {
+    let mut last_seen = None;
     for _ in 0..5 {
         let Some(p) = store.find_payment(lookup).await? else {
             return Ok(CallbackOutcome::UnknownPayment);
@@ -259,9 +260,10 @@ async fn apply_report(
         if applied.first() == Some(&crate::store::Applied::Done) {
             return Ok(CallbackOutcome::Applied(p.id));
         }
+        last_seen = Some(p.id);
     }
     tracing::warn!(dfsp, "callback kept losing races; stored for review");
-    Ok(CallbackOutcome::UnknownPayment)
+    Ok(last_seen.map_or(CallbackOutcome::UnknownPayment, CallbackOutcome::NoChange))
 }
 
 /// Queries the status of due `accepted` and `unknown` payments; returns how many it looked at.
