@@ -203,6 +203,26 @@ pub struct PageQuery {
     pub limit: Option<i64>,
 }
 
+async fn payment_or_404(state: &AppState, id: &str) -> Result<Payment, ApiError> {
+    state
+        .store
+        .get_payment(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound {
+            message: format!("no payment '{id}'"),
+        })
+}
+
+async fn batch_or_404(state: &AppState, id: &str) -> Result<BatchRecord, ApiError> {
+    state
+        .store
+        .get_batch(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound {
+            message: format!("no batch '{id}'"),
+        })
+}
+
 fn accepted_body(b: &BatchRecord) -> BatchAccepted {
     BatchAccepted {
         id: b.id.clone(),
@@ -327,13 +347,7 @@ pub async fn get_batch(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<BatchView>, ApiError> {
-    let b = state
-        .store
-        .get_batch(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound {
-            message: format!("no batch '{id}'"),
-        })?;
+    let b = batch_or_404(&state, &id).await?;
     let totals = state.store.batch_totals(&id).await?;
     let final_count: i64 = totals
         .iter()
@@ -393,11 +407,7 @@ pub async fn list_batch_payments(
         })?),
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    if state.store.get_batch(&id).await?.is_none() {
-        return Err(ApiError::NotFound {
-            message: format!("no batch '{id}'"),
-        });
-    }
+    batch_or_404(&state, &id).await?;
     let payments = state
         .store
         .batch_payments(&id, status, q.cursor.as_deref(), limit)
@@ -421,13 +431,7 @@ pub async fn get_payment(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<PaymentView>, ApiError> {
-    let p = state
-        .store
-        .get_payment(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound {
-            message: format!("no payment '{id}'"),
-        })?;
+    let p = payment_or_404(&state, &id).await?;
     let mut view = PaymentView::of(&p);
     view.history = Some(
         state
@@ -483,13 +487,7 @@ pub async fn cancel_payment(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<PaymentView>, ApiError> {
-    let p = state
-        .store
-        .get_payment(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound {
-            message: format!("no payment '{id}'"),
-        })?;
+    let p = payment_or_404(&state, &id).await?;
     let not_cancellable = |status: Status| ApiError::Conflict {
         code: "not_cancellable",
         message: if status.may_have_reached_dfsp() {
@@ -515,13 +513,7 @@ pub async fn cancel_payment(
         .apply(vec![change])
         .await
         .map_err(ApiError::Internal)?;
-    let now = state
-        .store
-        .get_payment(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound {
-            message: format!("no payment '{id}'"),
-        })?;
+    let now = payment_or_404(&state, &id).await?;
     if applied.first() != Some(&Applied::Done) {
         // The dispatcher moved it first.
         return Err(not_cancellable(now.status));
