@@ -47,6 +47,7 @@ pub struct Dispatcher {
     settings: DispatchSettings,
     wake: Arc<Notify>,
     outstanding: Arc<Semaphore>,
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 struct ToSend {
@@ -74,6 +75,7 @@ impl Dispatcher {
             live,
             settings,
             wake,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -89,8 +91,22 @@ impl Dispatcher {
         handles
     }
 
+    /// Stops claiming new payments and waits (up to `grace`) until every payment already
+    /// claimed has its answer recorded, so a planned stop leaves nothing `sending`.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let all = u32::try_from(self.settings.max_outstanding.max(1)).unwrap_or(u32::MAX);
+        tokio::time::timeout(grace, self.outstanding.acquire_many(all))
+            .await
+            .is_ok_and(|permits| permits.is_ok())
+    }
+
     async fn work_loop(self: Arc<Self>) {
         loop {
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
             match self.dispatch_once().await {
                 Ok(0) => {
                     let idle = Duration::from_millis(self.settings.idle_ms);

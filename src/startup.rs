@@ -20,6 +20,7 @@ use crate::store::{self, Writer};
 pub struct Application {
     pub addr: SocketAddr,
     pub state: AppState,
+    pub dispatcher: Arc<Dispatcher>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -92,6 +93,7 @@ impl Application {
         Ok(Application {
             addr,
             state,
+            dispatcher,
             tasks,
             server: Some(server),
         })
@@ -105,7 +107,14 @@ impl Application {
         let server = self.server.take().context("already running")?;
         tokio::select! {
             r = server => r.context("server task")?.context("server")?,
-            _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("stopping: no new sends; waiting for answers to those in flight");
+                if self.dispatcher.drain(std::time::Duration::from_secs(20)).await {
+                    tracing::info!("stopped cleanly");
+                } else {
+                    tracing::warn!("stopped with sends in flight; they will be looked up at the next start");
+                }
+            }
         }
         Ok(())
     }

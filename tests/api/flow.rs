@@ -385,3 +385,66 @@ async fn an_unreachable_dfsp_falls_back_only_after_proving_nothing_was_sent() {
         assert_eq!(history.last().expect("last")["to"], "succeeded");
     }
 }
+
+#[tokio::test]
+async fn a_planned_stop_leaves_nothing_in_flight() {
+    let app = spawn_with(
+        SimConfig {
+            latency_ms: 200,
+            ..SimConfig::default()
+        },
+        |s, _| {
+            s.claim_size = 10;
+            s.max_outstanding = 10;
+        },
+    )
+    .await;
+    let batch = app
+        .submit(
+            "drain",
+            (0..60)
+                .map(|i| payment(&format!("d{i}"), &ml(&format!("2567001{i:05}")), "1.00"))
+                .collect(),
+        )
+        .await;
+    app.wait_until(&batch, Duration::from_secs(20), |_| true)
+        .await;
+    // Wait until some are on the wire, then stop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !app
+        .payments(&batch)
+        .await
+        .values()
+        .any(|p| status(p) == "sending")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing was ever sending"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        app.app.dispatcher.drain(Duration::from_secs(15)).await,
+        "drain timed out"
+    );
+    let all = app.payments(&batch).await;
+    assert!(
+        all.values().all(|p| status(p) != "sending"),
+        "still sending after drain"
+    );
+    assert!(all.values().any(|p| status(p) == "succeeded"));
+    // What was not claimed before the stop stays untouched for the next start.
+    let waiting = all.values().filter(|p| status(p) == "received").count();
+    assert!(
+        waiting > 0,
+        "the stop came too late to leave anything waiting"
+    );
+    let sent = app.sim.simulator.stats().submissions.len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.sim.simulator.stats().submissions.len(), sent);
+    let after = app.payments(&batch).await;
+    assert_eq!(
+        after.values().filter(|p| status(p) == "received").count(),
+        waiting
+    );
+}
