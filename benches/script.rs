@@ -41,7 +41,8 @@ fn scripted(live: &Live, payments: &[Payment]) -> usize {
     let mut bytes = 0;
     for p in payments {
         let map = payment_dynamic(p);
-        let Ok(Decision::Dfsps(ids)) = route(bundle, map.clone(), route_ctx.clone()) else {
+        let Ok(Decision::Dfsps(ids)) = route(bundle, map.clone(), route_ctx.clone(), &p.amount)
+        else {
             panic!("routing failed")
         };
         let adapter = bundle.adapter(&ids[0]).expect("adapter");
@@ -65,8 +66,12 @@ fn route_only(live: &Live, payments: &[Payment]) -> usize {
     let route_ctx = live.routing_ctx(0);
     let mut n = 0;
     for p in payments {
-        if let Ok(Decision::Dfsps(ids)) = route(&live.bundle, payment_dynamic(p), route_ctx.clone())
-        {
+        if let Ok(Decision::Dfsps(ids)) = route(
+            &live.bundle,
+            payment_dynamic(p),
+            route_ctx.clone(),
+            &p.amount,
+        ) {
             n += ids.len();
         }
     }

@@ -21,7 +21,7 @@ use crate::executor::{DfspClient, DfspRequest, Sent};
 use crate::follow::{self, report_change};
 use crate::map::{Outcome, Reported};
 use crate::payment::{Attempt, Change, IllegalTransition, Payment, Status};
-use crate::route::{Decision, Live, capable, route};
+use crate::route::{Decision, Live, route};
 use crate::script::Adapter;
 use crate::script::convert::payment_dynamic;
 use crate::store::{Applied, Claim, Store, Writer};
@@ -205,12 +205,7 @@ impl Dispatcher {
         for p in claimed {
             let mut script_map = payment_dynamic(&p);
             let (dfsp, fallbacks, route_version) = if p.status == Status::Received {
-                let decision =
-                    route(bundle, script_map.clone(), route_ctx.clone()).map(|d| match d {
-                        Decision::Dfsps(ids) => capable(bundle, ids, &p.amount),
-                        reject => reject,
-                    });
-                match decision {
+                match route(bundle, script_map.clone(), route_ctx.clone(), &p.amount) {
                     Ok(Decision::Dfsps(ids)) => {
                         let mut up = live.available(&ids, now);
                         if up.is_empty() {

@@ -33,50 +33,11 @@ impl Live {
         })
     }
 
-    /// `ctx` for `route`: `#{now, dfsps: #{<id>: #{available, in_flight, max_in_flight,
-    /// currencies, max_amount, name}}}`.
+    /// `ctx` for `route`, with this process's circuit states and requests in flight.
     pub fn routing_ctx(&self, now: i64) -> Dynamic {
-        let mut dfsps = Map::new();
-        for (id, adapter) in &self.bundle.adapters {
-            let caps = &adapter.config.capabilities;
-            let client = self.clients.get(id);
-            let in_flight = client.map_or(0, |c| c.in_flight());
-            let circuit = client.map_or(crate::executor::Circuit::Closed, |c| c.circuit(now));
-            let mut d = Map::new();
-            d.insert(
-                "available".into(),
-                Dynamic::from_bool(circuit != crate::executor::Circuit::Open),
-            );
-            d.insert("circuit".into(), circuit.as_str().into());
-            d.insert("name".into(), adapter.config.name.clone().into());
-            d.insert("in_flight".into(), Dynamic::from_int(in_flight as i64));
-            d.insert(
-                "max_in_flight".into(),
-                Dynamic::from_int(adapter.config.max_in_flight as i64),
-            );
-            d.insert(
-                "currencies".into(),
-                Dynamic::from_array(
-                    caps.currencies
-                        .iter()
-                        .map(|c| Dynamic::from(c.clone()))
-                        .collect::<Array>(),
-                ),
-            );
-            d.insert(
-                "max_amount".into(),
-                caps.max_amount.map_or(Dynamic::UNIT, Dynamic::from_decimal),
-            );
-            dfsps.insert(id.as_str().into(), crate::script::convert::shared(d));
-        }
-        let mut ctx = Map::new();
-        ctx.insert("now".into(), Dynamic::from_int(now));
-        ctx.insert("dfsps".into(), crate::script::convert::shared(dfsps));
-        crate::script::convert::shared(ctx)
+        routing_ctx(&self.bundle, &self.clients, now)
     }
-}
 
-impl Live {
     /// The candidates whose circuit is not open, in order. Empty when every one is down: the
     /// payment then waits rather than being rejected for a passing outage.
     pub fn available(&self, ids: &[String], now: i64) -> Vec<String> {
@@ -85,6 +46,52 @@ impl Live {
             .cloned()
             .collect()
     }
+}
+
+/// `ctx` for `route`: `#{now, dfsps: #{<id>: #{available, circuit, in_flight, max_in_flight,
+/// currencies, max_amount, name}}}`. A DFSP without a client (a dry run) counts as available.
+pub fn routing_ctx(
+    bundle: &Bundle,
+    clients: &BTreeMap<String, Arc<DfspClient>>,
+    now: i64,
+) -> Dynamic {
+    let mut dfsps = Map::new();
+    for (id, adapter) in &bundle.adapters {
+        let caps = &adapter.config.capabilities;
+        let client = clients.get(id);
+        let in_flight = client.map_or(0, |c| c.in_flight());
+        let circuit = client.map_or(crate::executor::Circuit::Closed, |c| c.circuit(now));
+        let mut d = Map::new();
+        d.insert(
+            "available".into(),
+            Dynamic::from_bool(circuit != crate::executor::Circuit::Open),
+        );
+        d.insert("circuit".into(), circuit.as_str().into());
+        d.insert("name".into(), adapter.config.name.clone().into());
+        d.insert("in_flight".into(), Dynamic::from_int(in_flight as i64));
+        d.insert(
+            "max_in_flight".into(),
+            Dynamic::from_int(adapter.config.max_in_flight as i64),
+        );
+        d.insert(
+            "currencies".into(),
+            Dynamic::from_array(
+                caps.currencies
+                    .iter()
+                    .map(|c| Dynamic::from(c.clone()))
+                    .collect::<Array>(),
+            ),
+        );
+        d.insert(
+            "max_amount".into(),
+            caps.max_amount.map_or(Dynamic::UNIT, Dynamic::from_decimal),
+        );
+        dfsps.insert(id.as_str().into(), crate::script::convert::shared(d));
+    }
+    let mut ctx = Map::new();
+    ctx.insert("now".into(), Dynamic::from_int(now));
+    ctx.insert("dfsps".into(), crate::script::convert::shared(dfsps));
+    crate::script::convert::shared(ctx)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,8 +104,14 @@ pub enum Decision {
     },
 }
 
-/// Runs the routing rules for one payment (given as its script map).
-pub fn route(bundle: &Bundle, payment: Dynamic, ctx: Dynamic) -> Result<Decision, ScriptError> {
+/// Runs the routing rules for one payment (given as its script map), then keeps only the
+/// candidates whose capabilities take its `amount` (see [`capable`]).
+pub fn route(
+    bundle: &Bundle,
+    payment: Dynamic,
+    ctx: Dynamic,
+    amount: &crate::money::Money,
+) -> Result<Decision, ScriptError> {
     let script = &bundle.routing;
     let out = script.call(&bundle.engine, "route", (payment, ctx))?;
     let fail = |message: String| ScriptError {
@@ -139,12 +152,12 @@ pub fn route(bundle: &Bundle, payment: Dynamic, ctx: Dynamic) -> Result<Decision
     {
         return Err(fail(format!("route returned unknown DFSP '{unknown}'")));
     }
-    Ok(Decision::Dfsps(ids))
+    Ok(capable(bundle, ids, amount))
 }
 
 /// Keeps the candidates whose `adapter.toml` capabilities take this payment (currency, maximum
 /// amount), in order. Generic checks live here rather than in every routing script.
-pub fn capable(bundle: &Bundle, ids: Vec<String>, amount: &crate::money::Money) -> Decision {
+fn capable(bundle: &Bundle, ids: Vec<String>, amount: &crate::money::Money) -> Decision {
     let mut refused = Vec::new();
     let kept: Vec<String> = ids
         .into_iter()

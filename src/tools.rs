@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::executor::Body;
 use crate::ingest::{self, Item};
-use crate::route::{Decision, route};
+use crate::route::{Decision, route, routing_ctx};
 use crate::script::convert::payment_map;
 use crate::script::{Bundle, LoadErrors, engine};
 
@@ -47,13 +47,9 @@ pub fn dry_run(bundle: &Bundle, input: &serde_json::Value) -> Result<serde_json:
     let payment =
         ingest::received_payment(&rows[0], "dry-run", sender_id, now).map_err(|e| e.to_string())?;
     let map = payment_map(&payment, None);
-    let live_ctx = routing_ctx(bundle, now);
-    let decision =
-        route(bundle, Dynamic::from_map(map.clone()), live_ctx).map_err(|e| e.to_string())?;
-    let decision = match decision {
-        Decision::Dfsps(ids) => crate::route::capable(bundle, ids, &payment.amount),
-        reject => reject,
-    };
+    let ctx = routing_ctx(bundle, &Default::default(), now);
+    let decision = route(bundle, Dynamic::from_map(map.clone()), ctx, &payment.amount)
+        .map_err(|e| e.to_string())?;
     let ids = match decision {
         Decision::Reject { code, message } => {
             return Ok(
@@ -119,17 +115,4 @@ pub fn dry_run(bundle: &Bundle, input: &serde_json::Value) -> Result<serde_json:
         "decision": {"dfsps": ids},
         "candidates": candidates,
     }))
-}
-
-fn routing_ctx(bundle: &Bundle, now: i64) -> Dynamic {
-    // The dry run has no live DFSP clients: every loaded adapter counts as available.
-    let live = crate::route::Live {
-        bundle: Arc::new(Bundle {
-            engine: bundle.engine.clone(),
-            routing: bundle.routing.clone(),
-            adapters: bundle.adapters.clone(),
-        }),
-        clients: Default::default(),
-    };
-    live.routing_ctx(now)
 }

@@ -109,48 +109,6 @@ pub fn json_to_dynamic(v: &serde_json::Value) -> Dynamic {
     }
 }
 
-/// Converts a script value to JSON. Decimals become JSON numbers with their exact digits.
-pub fn dynamic_to_json(d: &Dynamic) -> Result<serde_json::Value, String> {
-    use serde_json::Value;
-    if d.is_shared() {
-        return dynamic_to_json(&d.flatten_clone());
-    }
-    if d.is_unit() {
-        return Ok(Value::Null);
-    }
-    if let Ok(b) = d.as_bool() {
-        return Ok(Value::Bool(b));
-    }
-    if let Ok(i) = d.as_int() {
-        return Ok(Value::from(i));
-    }
-    if let Ok(dec) = d.as_decimal() {
-        return serde_json::Number::from_str(&dec.to_string())
-            .map(Value::Number)
-            .map_err(|e| format!("decimal {dec} is not a JSON number: {e}"));
-    }
-    if d.is_string() {
-        return Ok(Value::String(d.to_string()));
-    }
-    if d.is_array() {
-        let arr = d.read_lock::<Array>().ok_or("array is locked")?;
-        return arr
-            .iter()
-            .map(dynamic_to_json)
-            .collect::<Result<_, _>>()
-            .map(Value::Array);
-    }
-    if d.is_map() {
-        let map = d.read_lock::<Map>().ok_or("map is locked")?;
-        let mut out = serde_json::Map::with_capacity(map.len());
-        for (k, v) in map.iter() {
-            out.insert(k.to_string(), dynamic_to_json(v)?);
-        }
-        return Ok(Value::Object(out));
-    }
-    Err(format!("a {} cannot be sent as JSON", d.type_name()))
-}
-
 /// Writes a script value as JSON text, without building an intermediate `serde_json::Value`
 /// (this is on every payment's path). Decimals keep their exact digits.
 pub fn write_json(d: &Dynamic, out: &mut String) -> Result<(), String> {
@@ -229,11 +187,9 @@ mod tests {
         );
         assert_eq!(m["b"].as_decimal().expect("decimal").to_string(), "0.10");
         assert_eq!(m["c"].as_int().expect("int"), 7);
-        let back = dynamic_to_json(&d).expect("json");
-        assert_eq!(
-            back.to_string(),
-            r#"{"a":12345678901234.5678,"b":0.10,"c":7}"#
-        );
+        let mut back = String::new();
+        write_json(&d, &mut back).expect("json");
+        assert_eq!(back, r#"{"a":12345678901234.5678,"b":0.10,"c":7}"#);
     }
 
     #[test]
@@ -252,6 +208,6 @@ mod tests {
     #[test]
     fn functions_cannot_become_json() {
         let f = Dynamic::from(rhai::FnPtr::new("x").expect("fn ptr"));
-        assert!(dynamic_to_json(&f).is_err());
+        assert!(write_json(&f, &mut String::new()).is_err());
     }
 }
