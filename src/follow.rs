@@ -13,10 +13,10 @@ use rhai::{Dynamic, Map};
 use crate::adapter::AdapterConfig;
 use crate::clock::now_ms;
 use crate::executor::Sent;
-use crate::map::{CallbackMatch, Outcome, Reported, body_dynamic, headers_map};
+use crate::map::{CallbackMatch, Outcome, Reported, body_dynamic};
 use crate::payment::{Attempt, Change, NotExecuted, Payment, Status};
 use crate::route::Live;
-use crate::script::convert::payment_dynamic;
+use crate::script::convert::{json_to_dynamic, payment_dynamic};
 use crate::store::{Claim, FinishedCallback, Lookup, RawCallback, Store, StoreError, Writer};
 
 /// A parked payment is not looked at again until an operator acts.
@@ -173,30 +173,21 @@ pub async fn handle_callback(
         .adapter(&raw.dfsp)
         .cloned()
         .ok_or_else(|| CallbackError::UnknownDfsp(raw.dfsp.clone()))?;
+    // The script's view is built first so the raw callback can move into the writer.
+    // Header names arrive lower-cased (axum's HeaderMap), values as strings.
+    let mut req = Map::new();
+    req.insert("method".into(), raw.method.clone().into());
+    req.insert("path".into(), raw.path.clone().into());
+    req.insert("headers".into(), json_to_dynamic(&raw.headers));
+    req.insert("body".into(), body_dynamic(&raw.body));
+    let dfsp = raw.dfsp.clone();
     let id = writer
-        .insert_callback(raw.clone())
+        .insert_callback(raw)
         .await
         .map_err(CallbackError::Write)?;
     let outcome = if !adapter.can_parse_callbacks() {
         CallbackOutcome::Ignored
     } else {
-        let mut req = Map::new();
-        req.insert("method".into(), raw.method.clone().into());
-        req.insert("path".into(), raw.path.clone().into());
-        let headers: Vec<(String, String)> = raw
-            .headers
-            .as_object()
-            .map(|o| {
-                o.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        req.insert(
-            "headers".into(),
-            headers_map(headers.iter().map(|(k, v)| (k, v))),
-        );
-        req.insert("body".into(), body_dynamic(&raw.body));
         match adapter.parse_callback(&live.bundle.engine, Dynamic::from_map(req)) {
             Err(e) => CallbackOutcome::ScriptError(e.to_string()),
             Ok(None) => CallbackOutcome::Ignored,
@@ -204,7 +195,7 @@ pub async fn handle_callback(
                 let lookup = match matcher {
                     CallbackMatch::PaymentId(id) => Lookup::Id(id),
                     CallbackMatch::DfspRef(r) => Lookup::DfspRef {
-                        dfsp: raw.dfsp.clone(),
+                        dfsp: dfsp.clone(),
                         dfsp_ref: r,
                     },
                     CallbackMatch::ReferenceId(r) => Lookup::Reference {
@@ -212,7 +203,7 @@ pub async fn handle_callback(
                         reference_id: r,
                     },
                 };
-                apply_report(store, writer, &adapter.config, &raw.dfsp, &lookup, &report).await?
+                apply_report(store, writer, &adapter.config, &dfsp, &lookup, &report).await?
             }
         }
     };

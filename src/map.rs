@@ -227,7 +227,7 @@ pub fn response_map(r: &DfspResponse) -> Dynamic {
     Dynamic::from_map(m)
 }
 
-pub fn headers_map<'a>(headers: impl Iterator<Item = (&'a String, &'a String)>) -> Dynamic {
+fn headers_map<'a>(headers: impl Iterator<Item = (&'a String, &'a String)>) -> Dynamic {
     Dynamic::from_map(
         headers
             .map(|(k, v)| (k.to_ascii_lowercase().into(), v.clone().into()))
