@@ -248,23 +248,24 @@ impl Writer {
                         Err(_) => break,
                     }
                 }
+                // Move every job's items into one group (no copies), keeping each job's counts
+                // to hand its results back.
                 let mut all = WriteGroup::default();
-                for j in &jobs {
-                    all.callbacks.extend(j.group.callbacks.iter().cloned());
-                    all.changes.extend(j.group.changes.iter().cloned());
-                    all.finished.extend(j.group.finished.iter().cloned());
+                let mut counts = Vec::with_capacity(jobs.len());
+                for j in &mut jobs {
+                    counts.push((j.group.callbacks.len(), j.group.changes.len()));
+                    all.callbacks.append(&mut j.group.callbacks);
+                    all.changes.append(&mut j.group.changes);
+                    all.finished.append(&mut j.group.finished);
                 }
                 match store.write(&all, crate::clock::now_ms()).await {
                     Ok(result) => {
                         let mut ids = result.callback_ids.into_iter();
                         let mut applied = result.applied.into_iter();
-                        for job in jobs {
+                        for (job, (n_callbacks, n_changes)) in jobs.into_iter().zip(counts) {
                             let mine = WriteResult {
-                                callback_ids: ids
-                                    .by_ref()
-                                    .take(job.group.callbacks.len())
-                                    .collect(),
-                                applied: applied.by_ref().take(job.group.changes.len()).collect(),
+                                callback_ids: ids.by_ref().take(n_callbacks).collect(),
+                                applied: applied.by_ref().take(n_changes).collect(),
                             };
                             let _ = job.reply.send(Ok(mine));
                         }

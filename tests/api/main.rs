@@ -6,3 +6,4 @@ mod check;
 mod crash;
 mod flow;
 mod helpers;
+mod store;

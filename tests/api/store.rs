@@ -1,0 +1,68 @@
+//! The group writer: jobs merged into one transaction each get their own results back.
+
+use pil::payment::{Change, Status};
+use pil::store::{self, BatchInsert, NewPayment, RawCallback, Writer};
+
+fn row(i: usize) -> NewPayment {
+    NewPayment {
+        id: format!("p{i}"),
+        reference_id: format!("r{i}"),
+        payee_fa: Some("mobile:1@mtn".into()),
+        payee_id_type: None,
+        payee_id_value: None,
+        amount_minor: 100,
+        currency: "KES".into(),
+        payee_name: None,
+        note: None,
+        meta: None,
+    }
+}
+
+fn cancel(id: &str) -> Change {
+    Change::at(id, Status::Received)
+        .step(Status::Cancelled, Some("cancelled"), None)
+        .expect("legal")
+}
+
+#[tokio::test]
+async fn merged_jobs_get_their_own_results() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = store::open(&format!("sqlite:{}", dir.path().join("w.db").display()))
+        .await
+        .expect("store");
+    let rows: Vec<NewPayment> = (0..3).map(row).collect();
+    let batch = pil::ingest::new_batch("s", "b", &rows, 0);
+    assert!(matches!(
+        store.insert_batch(&batch, &rows).await.expect("insert"),
+        BatchInsert::Created(_)
+    ));
+    let writer = Writer::start(store.clone());
+    let callback = RawCallback {
+        dfsp: "mtn-momo".into(),
+        method: "PUT".into(),
+        path: "/x".into(),
+        headers: serde_json::json!({}),
+        body: b"{}".to_vec(),
+        received_at: 0,
+    };
+    // Enqueued in this order (join! polls left to right), possibly merged into one commit.
+    let (a, b, c) = tokio::join!(
+        writer.apply(vec![cancel("p0")]),
+        writer.insert_callback(callback),
+        writer.apply(vec![cancel("p0"), cancel("p1"), cancel("nope")]),
+    );
+    use pil::store::Applied::{Done, Stale};
+    assert_eq!(a.expect("a"), vec![Done]);
+    assert!(b.expect("b") > 0);
+    assert_eq!(c.expect("c"), vec![Stale, Done, Stale]);
+    let p2 = store.get_payment("p2").await.expect("get").expect("p2");
+    assert_eq!(p2.status, Status::Received);
+    let events = store.payment_events("p0").await.expect("events");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event.to == Status::Cancelled)
+            .count(),
+        1
+    );
+}
