@@ -545,35 +545,29 @@ impl Store for SqliteStore {
 
     async fn recover_sending(&self, now: i64, restarted_owner: Option<&str>) -> StoreResult<u64> {
         let mut tx = self.writer.begin().await?;
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM payments WHERE status = 'sending' \
-             AND (lease_until <= $1 OR lease_owner = $2)",
+        // Set-based: the history rows first (while the payments still read `sending`), then
+        // the payments themselves; both select the same rows inside this transaction.
+        sqlx::query(
+            "INSERT INTO payment_events (payment_id, at, from_status, to_status, reason_code, detail) \
+             SELECT id, $1, 'sending', 'unknown', 'send_interrupted', \
+             'the send was interrupted; the outcome will be looked up, never resent blindly' \
+             FROM payments WHERE status = 'sending' AND (lease_until <= $1 OR lease_owner = $2)",
         )
         .bind(now)
         .bind(restarted_owner)
-        .fetch_all(&mut *tx)
+        .execute(&mut *tx)
         .await?;
-        for id in &ids {
-            sqlx::query(
-                "UPDATE payments SET status = 'unknown', reason_code = 'send_interrupted', \
-                 reason = 'PIL stopped while the request was in flight', next_at = $2, \
-                 lease_until = 0, lease_owner = NULL, updated_at = $2 \
-                 WHERE id = $1 AND status = 'sending'",
-            )
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO payment_events (payment_id, at, from_status, to_status, reason_code, detail) \
-                 VALUES ($1, $2, 'sending', 'unknown', 'send_interrupted', \
-                 'the send was interrupted; the outcome will be looked up, never resent blindly')",
-            )
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let moved = sqlx::query(
+            "UPDATE payments SET status = 'unknown', reason_code = 'send_interrupted', \
+             reason = 'PIL stopped while the request was in flight', next_at = $1, \
+             lease_until = 0, lease_owner = NULL, updated_at = $1 \
+             WHERE status = 'sending' AND (lease_until <= $1 OR lease_owner = $2)",
+        )
+        .bind(now)
+        .bind(restarted_owner)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         if let Some(owner) = restarted_owner {
             sqlx::query(
                 "UPDATE payments SET lease_until = 0, lease_owner = NULL \
@@ -584,7 +578,7 @@ impl Store for SqliteStore {
             .await?;
         }
         tx.commit().await?;
-        Ok(ids.len() as u64)
+        Ok(moved)
     }
 
     async fn status_counts(&self) -> StoreResult<Vec<(Status, i64)>> {

@@ -183,5 +183,6 @@ async fn kill_9_mid_batch_pays_nobody_twice() {
         let pid = p["id"].as_str().expect("id");
         let submitted = stats.submissions.get(pid).copied().unwrap_or(0);
         assert!(submitted <= 1, "{pid} submitted {submitted} times: {p}");
+        assert_eq!(p["reason_code"], "send_interrupted", "{p}");
     }
 }
