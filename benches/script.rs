@@ -158,6 +158,13 @@ fn main() {
         hand_written(&payments[..2]) > 0
     );
     println!("route + map + JSON encode, {n} payments (half MTN MoMo, half Mojaloop)");
+    // For profiling: `PIL_BENCH_ONLY=scripted perf record ...` runs just that loop, longer.
+    if std::env::var("PIL_BENCH_ONLY").as_deref() == Ok("scripted") {
+        for _ in 0..10 {
+            measure("scripted", n, || scripted(&live, &payments));
+        }
+        return;
+    }
     let s = measure("scripted", n, || scripted(&live, &payments));
     measure("  route only", n, || route_only(&live, &payments));
     measure("  payment map", n, || {

@@ -27,61 +27,57 @@ pub fn payment_dynamic(p: &Payment) -> Dynamic {
 }
 
 /// The payment as scripts see it (DESIGN.md "Script contracts").
+///
+/// Built from a list in one bulk step rather than key by key (this runs for every payment), and
+/// with the nested `fa` map shared so that `p.fa == ()` in a script copies no map.
 pub fn payment_map(p: &Payment, attributes: Option<&serde_json::Value>) -> Map {
-    let mut m = Map::new();
-    m.insert("id".into(), p.id.clone().into());
-    m.insert("reference_id".into(), p.reference_id.clone().into());
-    m.insert("batch_id".into(), p.batch_id.clone().into());
-    m.insert("sender_id".into(), p.sender_id.clone().into());
-    m.insert("program".into(), p.sender_id.clone().into());
-    m.insert("payee_fa".into(), str_or_unit(p.payee_fa.as_deref()));
+    let text = |s: &str| Dynamic::from(ImmutableString::from(s));
     let fa = p
         .payee_fa
         .as_deref()
         .and_then(|s| FinancialAddress::parse(s).ok())
         .map_or(Dynamic::UNIT, |fa| {
-            let mut f = Map::new();
-            f.insert("scheme".into(), fa.scheme.into());
-            f.insert("id".into(), fa.id.into());
-            f.insert("provider".into(), fa.provider.into());
-            Dynamic::from_map(f)
+            shared(Map::from_iter([
+                ("id".into(), text(&fa.id)),
+                ("provider".into(), text(&fa.provider)),
+                ("scheme".into(), text(&fa.scheme)),
+            ]))
         });
-    m.insert("fa".into(), fa);
-    m.insert(
-        "payee_id_type".into(),
-        str_or_unit(p.payee_id_type.as_deref()),
-    );
-    m.insert(
-        "payee_id_value".into(),
-        str_or_unit(p.payee_id_value.as_deref()),
-    );
-    m.insert(
-        "amount".into(),
-        Dynamic::from_decimal(p.amount.to_decimal()),
-    );
-    m.insert("amount_minor".into(), Dynamic::from_int(p.amount.minor()));
-    m.insert("currency".into(), p.amount.currency().code().into());
-    m.insert(
-        "minor_units".into(),
-        Dynamic::from_int(i64::from(p.amount.currency().minor_units())),
-    );
-    m.insert("payee_name".into(), str_or_unit(p.payee_name.as_deref()));
-    m.insert("note".into(), str_or_unit(p.note.as_deref()));
-    m.insert(
-        "meta".into(),
-        p.meta.as_ref().map_or(Dynamic::UNIT, json_to_dynamic),
-    );
-    m.insert(
-        "attributes".into(),
-        attributes.map_or_else(|| Dynamic::from_map(Map::new()), json_to_dynamic),
-    );
-    m.insert("dfsp".into(), str_or_unit(p.dfsp.as_deref()));
-    m.insert("dfsp_ref".into(), str_or_unit(p.dfsp_ref.as_deref()));
-    m.insert(
-        "idempotency_key".into(),
-        str_or_unit(p.idempotency_key.as_deref()),
-    );
-    m.insert("attempts".into(), Dynamic::from_int(p.attempts));
+    let sender = text(&p.sender_id);
+    let currency = p.amount.currency();
+    let fields: [(&str, Dynamic); 20] = [
+        ("amount", Dynamic::from_decimal(p.amount.to_decimal())),
+        ("amount_minor", Dynamic::from_int(p.amount.minor())),
+        ("attempts", Dynamic::from_int(p.attempts)),
+        (
+            "attributes",
+            attributes.map_or_else(|| Dynamic::from_map(Map::new()), json_to_dynamic),
+        ),
+        ("batch_id", text(&p.batch_id)),
+        ("currency", text(currency.code())),
+        ("dfsp", str_or_unit(p.dfsp.as_deref())),
+        ("dfsp_ref", str_or_unit(p.dfsp_ref.as_deref())),
+        ("fa", fa),
+        ("id", text(&p.id)),
+        ("idempotency_key", str_or_unit(p.idempotency_key.as_deref())),
+        (
+            "meta",
+            p.meta.as_ref().map_or(Dynamic::UNIT, json_to_dynamic),
+        ),
+        (
+            "minor_units",
+            Dynamic::from_int(i64::from(currency.minor_units())),
+        ),
+        ("note", str_or_unit(p.note.as_deref())),
+        ("payee_fa", str_or_unit(p.payee_fa.as_deref())),
+        ("payee_id_type", str_or_unit(p.payee_id_type.as_deref())),
+        ("payee_id_value", str_or_unit(p.payee_id_value.as_deref())),
+        ("payee_name", str_or_unit(p.payee_name.as_deref())),
+        ("program", sender.clone()),
+        ("reference_id", text(&p.reference_id)),
+    ];
+    let mut m = Map::from_iter(fields.into_iter().map(|(k, v)| (k.into(), v)));
+    m.insert("sender_id".into(), sender);
     m
 }
 
@@ -114,7 +110,11 @@ pub fn json_to_dynamic(v: &serde_json::Value) -> Dynamic {
 pub fn write_json(d: &Dynamic, out: &mut String) -> Result<(), String> {
     use std::fmt::Write;
     if d.is_shared() {
-        return write_json(&d.flatten_clone(), out);
+        // Read through the lock: flattening would copy the whole value first.
+        return match d.read_lock::<Dynamic>() {
+            Some(inner) => write_json(&inner, out),
+            None => Err("a shared value is locked".into()),
+        };
     }
     if d.is_unit() {
         out.push_str("null");
@@ -155,19 +155,28 @@ pub fn write_json(d: &Dynamic, out: &mut String) -> Result<(), String> {
 fn write_json_str(s: &str, out: &mut String) {
     use std::fmt::Write;
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    // Copy the runs that need no escaping in one go; only ASCII bytes ever need it, so every
+    // cut below falls on a character boundary.
+    let mut run = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..0x20 => "",
+            _ => continue,
+        };
+        out.push_str(&s[run..i]);
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escaped);
         }
+        run = i + 1;
     }
+    out.push_str(&s[run..]);
     out.push('"');
 }
 

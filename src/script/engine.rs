@@ -58,6 +58,7 @@ pub fn build() -> Engine {
         .set_max_variables(1_000)
         .set_max_functions(1_000)
         .set_max_modules(0)
+        .set_max_strings_interned(0)
         .set_strict_variables(true)
         .set_fail_on_invalid_map_property(true);
     e.disable_symbol("eval");

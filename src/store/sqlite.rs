@@ -478,29 +478,44 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<Payment>> {
         // No ORDER BY: the (status, next_at) index already yields due payments oldest first
         // for each status, and sorting every due row on each claim was the costliest query.
+        // A claim also moves `next_at` to the lease's end: leased payments then fall outside
+        // the index range, so claims do not wade through the thousands of payments that are
+        // claimed and waiting for a DFSP slot (that scan was most of a claim's cost). A
+        // payment whose lease lapses is due again exactly when its lease ends.
         let (a, b) = match kind {
             Claim::Dispatch => (Status::Received, Status::Routed),
             Claim::Poll => (Status::Accepted, Status::Unknown),
         };
-        let sql = format!(
-            "UPDATE payments SET lease_until = $1, lease_owner = $6 WHERE id IN (\
+        // The single writer connection only marks the lease and returns ids; the rows
+        // themselves are read on a reader connection, off the writer's path.
+        let ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE payments SET lease_until = $1, lease_owner = $6, next_at = $1 WHERE id IN (\
                SELECT id FROM payments WHERE status IN ($2, $3) AND next_at <= $4 \
                AND lease_until <= $4 LIMIT $5) \
-             RETURNING {PAYMENT_COLUMNS}"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(lease_until)
-            .bind(a.as_str())
-            .bind(b.as_str())
-            .bind(now)
-            .bind(limit)
-            .bind(owner)
-            .fetch_all(&self.writer)
-            .await?;
-        let mut payments = rows
-            .iter()
-            .map(payment_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
+             RETURNING id",
+        )
+        .bind(lease_until)
+        .bind(a.as_str())
+        .bind(b.as_str())
+        .bind(now)
+        .bind(limit)
+        .bind(owner)
+        .fetch_all(&self.writer)
+        .await?;
+        let mut payments = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id IN ({})",
+                vec!["?"; chunk.len()].join(",")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(&self.reader).await? {
+                payments.push(payment_from_row(&row)?);
+            }
+        }
         payments.sort_by(|x, y| x.batch_id.cmp(&y.batch_id).then(x.seq.cmp(&y.seq)));
         Ok(payments)
     }
@@ -570,10 +585,13 @@ impl Store for SqliteStore {
         .rows_affected();
         if let Some(owner) = restarted_owner {
             sqlx::query(
-                "UPDATE payments SET lease_until = 0, lease_owner = NULL \
+                // They were due when claimed (a claim moved next_at to the lease's end).
+                "UPDATE payments SET lease_until = 0, lease_owner = NULL, \
+                 next_at = MIN(next_at, $2) \
                  WHERE lease_owner = $1 AND status <> 'sending'",
             )
             .bind(owner)
+            .bind(now)
             .execute(&mut *tx)
             .await?;
         }
