@@ -29,6 +29,7 @@ fn sample(i: usize) -> Payment {
         payee_name: Some("Jane Doe".into()),
         note: None,
         meta: None,
+        ..Default::default()
     };
     let mut p = pil::ingest::received_payment(&row, "b", "bench", 0).expect("payment");
     p.idempotency_key = Some("5f0c6c2e-5b9d-4d41-9b1e-6f5d2b1f0a11".into());
@@ -41,7 +42,8 @@ fn scripted(live: &Live, payments: &[Payment]) -> usize {
     let mut bytes = 0;
     for p in payments {
         let map = payment_dynamic(p);
-        let Ok(Decision::Dfsps(ids)) = route(bundle, map.clone(), route_ctx.clone(), &p.amount)
+        let Ok(Decision::Dfsps(ids)) =
+            route(bundle, map.clone(), route_ctx.clone(), Some(&p.amount))
         else {
             panic!("routing failed")
         };
@@ -70,7 +72,7 @@ fn route_only(live: &Live, payments: &[Payment]) -> usize {
             &live.bundle,
             payment_dynamic(p),
             route_ctx.clone(),
-            &p.amount,
+            Some(&p.amount),
         ) {
             n += ids.len();
         }

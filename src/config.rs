@@ -39,6 +39,56 @@ pub struct Settings {
     pub instance_id: String,
     /// tracing filter, e.g. `info` or `pil=debug`.
     pub log: String,
+    /// The sender id batches of the legacy PIL API (`POST /disbursement`) are stored under.
+    pub legacy_sender_id: String,
+    /// How long `POST /disbursement` waits for final statuses before answering with what it
+    /// has (the OpenG2P module gives up after about 20 s and never polls).
+    pub legacy_deadline_ms: u64,
+    /// Bearer token for `/admin/...` (directory import). Unset: those endpoints refuse.
+    pub admin_token: Option<String>,
+    /// G2P Connect senders allowed to submit, by `sender_id` (`[senders.<id>]` in pil.toml).
+    pub senders: std::collections::BTreeMap<String, SenderSettings>,
+    /// PIL's own private key (PKCS#8 PEM) signing the callbacks it sends; created (Ed25519)
+    /// on first start when the file does not exist.
+    pub signing_key_file: PathBuf,
+    /// How long `/disburse/sync/disburse` waits for final statuses before answering.
+    pub g2p_sync_wait_ms: u64,
+    /// How often the history is scanned for status changes to push to senders.
+    pub notify_interval_ms: u64,
+    /// Delivery attempts per callback before it is given up (0: never give up).
+    pub callback_max_attempts: i64,
+    /// First retry delay of a failed callback; doubles per attempt, capped at 5 minutes.
+    pub callback_backoff_ms: i64,
+}
+
+/// One G2P Connect sender. Values may be `${ENV}` / `${ENV:-default}` / `file:/path`
+/// references, resolved when PIL starts.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderSettings {
+    /// The bearer token the sender presents.
+    pub token: String,
+    /// PEM public key (SPKI) checking the sender's message signatures. When set, every
+    /// message must carry a valid signature.
+    pub public_key: Option<String>,
+    /// Bearer token PIL presents on callbacks to this sender.
+    pub callback_token: Option<String>,
+    /// Callback base URL when a message has no `sender_uri`.
+    pub callback_url: Option<String>,
+}
+
+impl std::fmt::Debug for SenderSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SenderSettings")
+            .field("token", &"***")
+            .field("public_key", &self.public_key.is_some())
+            .field(
+                "callback_token",
+                &self.callback_token.as_ref().map(|_| "***"),
+            )
+            .field("callback_url", &self.callback_url)
+            .finish()
+    }
 }
 
 impl Default for Settings {
@@ -61,6 +111,15 @@ impl Default for Settings {
             sending_lease_ms: 600_000,
             instance_id: "pil".into(),
             log: "info".into(),
+            legacy_sender_id: "openg2p".into(),
+            legacy_deadline_ms: 15_000,
+            admin_token: None,
+            senders: std::collections::BTreeMap::new(),
+            signing_key_file: "data/signing-key.pem".into(),
+            g2p_sync_wait_ms: 10_000,
+            notify_interval_ms: 250,
+            callback_max_attempts: 0,
+            callback_backoff_ms: 1_000,
         }
     }
 }
@@ -84,6 +143,14 @@ const KEYS: &[&str] = &[
     "sending_lease_ms",
     "instance_id",
     "log",
+    "legacy_sender_id",
+    "legacy_deadline_ms",
+    "admin_token",
+    "signing_key_file",
+    "g2p_sync_wait_ms",
+    "notify_interval_ms",
+    "callback_max_attempts",
+    "callback_backoff_ms",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -205,7 +205,12 @@ impl Dispatcher {
         for p in claimed {
             let mut script_map = payment_dynamic(&p);
             let (dfsp, fallbacks, route_version) = if p.status == Status::Received {
-                match route(bundle, script_map.clone(), route_ctx.clone(), &p.amount) {
+                match route(
+                    bundle,
+                    script_map.clone(),
+                    route_ctx.clone(),
+                    Some(&p.amount),
+                ) {
                     Ok(Decision::Dfsps(ids)) => {
                         let mut up = live.available(&ids, now);
                         if up.is_empty() {

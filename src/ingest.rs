@@ -243,6 +243,7 @@ pub fn validate(items: &[Item], limits: &Limits) -> Result<Vec<NewPayment>, Vec<
                 payee_name,
                 note,
                 meta,
+                ..NewPayment::default()
             });
         }
     }
@@ -294,10 +295,11 @@ pub fn received_payment(
         payee_fa: row.payee_fa.clone(),
         payee_id_type: row.payee_id_type.clone(),
         payee_id_value: row.payee_id_value.clone(),
-        amount: Money::from_minor(row.amount_minor, Currency::from_code(&row.currency)?),
+        amount: Money::from_minor(row.amount_minor, Currency::from_stored(&row.currency)?),
         payee_name: row.payee_name.clone(),
         note: row.note.clone(),
         meta: row.meta.clone(),
+        attributes: row.attributes.clone(),
         status: crate::payment::Status::Received,
         dfsp: None,
         fallbacks: Vec::new(),
@@ -322,6 +324,8 @@ pub fn new_batch(sender_id: &str, batch_id: &str, payments: &[NewPayment], now: 
         batch_id: batch_id.to_string(),
         request_hash: request_hash(sender_id, batch_id, payments),
         created_at: now,
+        channel: "native".into(),
+        callback_url: None,
     }
 }
 

@@ -24,6 +24,13 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum DirectoryAction {
+    /// Import a CSV with header `id_type,id_value,fa` then attribute columns. All or nothing:
+    /// every bad row is listed and nothing is imported.
+    Import { file: PathBuf },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the API, dispatcher, callbacks and poller.
     Serve,
@@ -61,6 +68,11 @@ enum Command {
     Route { file: PathBuf },
     /// Create or upgrade the database schema.
     Migrate,
+    /// The payee directory (id type + value → financial address + attributes).
+    Directory {
+        #[command(subcommand)]
+        action: DirectoryAction,
+    },
     /// PIL + simulator in one process with a sample disbursement.
     Demo {
         #[arg(long, default_value_t = 10_000)]
@@ -182,6 +194,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Directory {
+            action: DirectoryAction::Import { file },
+        } => {
+            let data = std::fs::read(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            runtime.block_on(async {
+                let store = pil::store::open(&settings.database_url).await?;
+                match pil::directory::import(store.as_ref(), &data, pil::clock::now_ms()).await {
+                    Ok(n) => {
+                        println!("imported {n} directory row(s) from {}", file.display());
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(pil::directory::ImportError::Rows(rows)) => {
+                        for r in &rows {
+                            eprintln!(
+                                "{}:{}: {} ({}): {}",
+                                file.display(),
+                                r.line,
+                                r.field,
+                                r.code,
+                                r.message
+                            );
+                        }
+                        eprintln!("{} bad row(s); nothing was imported", rows.len());
+                        Ok(ExitCode::FAILURE)
+                    }
+                    Err(pil::directory::ImportError::Store(e)) => Err(anyhow::Error::from(e)),
+                }
+            })
         }
         Command::Demo {
             payments,

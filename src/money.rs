@@ -30,6 +30,22 @@ pub struct Currency {
 }
 
 impl Currency {
+    /// ISO 4217 "XXX", no currency: only for a payment stored already rejected because its
+    /// currency was invalid (an API answering per item must still keep that item). Never
+    /// accepted as input, never paid.
+    pub const NONE: Currency = Currency {
+        code: "XXX",
+        minor_units: 0,
+    };
+
+    /// A code read back from the store: an active code, or [`Currency::NONE`].
+    pub fn from_stored(code: &str) -> Result<Currency, MoneyError> {
+        if code == Currency::NONE.code {
+            return Ok(Currency::NONE);
+        }
+        Currency::from_code(code)
+    }
+
     /// Look up an active ISO 4217 code. The code must be exactly three
     /// upper-case ASCII letters ("USD", not "usd" or " USD").
     pub fn from_code(code: &str) -> Result<Currency, MoneyError> {

@@ -102,15 +102,17 @@ impl Status {
         }
     }
 
-    /// Legacy PIL API view.
+    /// Legacy PIL API view. A failed payment reads `REJECTED`, as the spec's status enum has
+    /// no failure value of its own (and the OpenG2P module treats REJECTED, ABORTED and
+    /// ERROR_OCCURRED alike). `ABORTED` (a cancel, or money that came back) is what that
+    /// module matches; the spec's enum misspells it `ABORETED`.
     pub fn legacy_pil(self) -> &'static str {
         match self {
             Status::Received => "RECEIVED",
             Status::Routed | Status::Sending | Status::Accepted | Status::Unknown => "PENDING",
             Status::Succeeded => "COMPLETED",
-            Status::Rejected => "REJECTED",
+            Status::Rejected | Status::Failed => "REJECTED",
             Status::Cancelled | Status::Reversed => "ABORTED",
-            Status::Failed => "ERROR_OCCURRED",
         }
     }
 }
@@ -147,6 +149,8 @@ pub struct Payment {
     pub payee_name: Option<String>,
     pub note: Option<String>,
     pub meta: Option<serde_json::Value>,
+    /// From the payee directory (`payment.attributes` in scripts).
+    pub attributes: Option<serde_json::Value>,
     pub status: Status,
     pub dfsp: Option<String>,
     pub fallbacks: Vec<String>,

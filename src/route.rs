@@ -105,12 +105,13 @@ pub enum Decision {
 }
 
 /// Runs the routing rules for one payment (given as its script map), then keeps only the
-/// candidates whose capabilities take its `amount` (see [`capable`]).
+/// candidates whose capabilities take its `amount` (see [`capable`]); without an amount (a
+/// payability check by payee only) the capabilities are not checked.
 pub fn route(
     bundle: &Bundle,
     payment: Dynamic,
     ctx: Dynamic,
-    amount: &crate::money::Money,
+    amount: Option<&crate::money::Money>,
 ) -> Result<Decision, ScriptError> {
     let script = &bundle.routing;
     let out = script.call(&bundle.engine, "route", (payment, ctx))?;
@@ -152,7 +153,10 @@ pub fn route(
     {
         return Err(fail(format!("route returned unknown DFSP '{unknown}'")));
     }
-    Ok(capable(bundle, ids, amount))
+    Ok(match amount {
+        Some(amount) => capable(bundle, ids, amount),
+        None => Decision::Dfsps(ids),
+    })
 }
 
 /// Keeps the candidates whose `adapter.toml` capabilities take this payment (currency, maximum

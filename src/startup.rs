@@ -81,12 +81,31 @@ impl Application {
         } else {
             Vec::new()
         };
+        let signer = Arc::new(
+            crate::report::Signer::load_or_create(&settings.signing_key_file)
+                .context("loading the callback signing key")?,
+        );
+        let senders = Arc::new(
+            crate::api::g2p::resolve_senders(&settings)
+                .map_err(|e| anyhow::anyhow!("invalid sender configuration: {e}"))?,
+        );
+        let settings = Arc::new(settings);
+        let mut tasks = tasks;
+        if settings.dispatch {
+            tasks.extend(crate::report::spawn(
+                store.clone(),
+                signer.clone(),
+                settings.clone(),
+            ));
+        }
         let state = AppState {
             store,
             writer,
             live,
-            settings: Arc::new(settings),
+            settings,
             wake,
+            signer,
+            senders,
         };
         let app = api::router(state.clone());
         let server = tokio::spawn(async move { axum::serve(listener, app).await });

@@ -46,10 +46,15 @@ pub fn dry_run(bundle: &Bundle, input: &serde_json::Value) -> Result<serde_json:
         .unwrap_or("default");
     let payment =
         ingest::received_payment(&rows[0], "dry-run", sender_id, now).map_err(|e| e.to_string())?;
-    let map = payment_map(&payment, None);
+    let map = payment_map(&payment);
     let ctx = routing_ctx(bundle, &Default::default(), now);
-    let decision = route(bundle, Dynamic::from_map(map.clone()), ctx, &payment.amount)
-        .map_err(|e| e.to_string())?;
+    let decision = route(
+        bundle,
+        Dynamic::from_map(map.clone()),
+        ctx,
+        Some(&payment.amount),
+    )
+    .map_err(|e| e.to_string())?;
     let ids = match decision {
         Decision::Reject { code, message } => {
             return Ok(

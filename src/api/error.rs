@@ -27,6 +27,10 @@ pub enum ApiError {
         message: String,
         details: serde_json::Value,
     },
+    #[error("{message}")]
+    Unauthorized { message: String },
+    #[error("{message}")]
+    Forbidden { message: String },
     #[error("request body is larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("service unavailable: {0}")]
@@ -58,6 +62,10 @@ impl ApiError {
         match self {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code, Value::Null),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found", Value::Null),
+            ApiError::Unauthorized { .. } => {
+                (StatusCode::UNAUTHORIZED, "unauthorized", Value::Null)
+            }
+            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden", Value::Null),
             ApiError::Conflict { code, details, .. } => {
                 (StatusCode::CONFLICT, code, details.clone())
             }

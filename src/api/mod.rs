@@ -1,7 +1,10 @@
 //! HTTP interfaces: the native REST API, DFSP callbacks, health and the OpenAPI document. The
 //! handlers validate and translate; the flow itself lives in `ingest`, `dispatch`, `follow`.
 
+pub mod admin;
 pub mod error;
+pub mod g2p;
+pub mod legacy;
 pub mod native;
 
 use std::sync::Arc;
@@ -30,17 +33,32 @@ pub struct AppState {
     pub live: Arc<ArcSwap<Live>>,
     pub settings: Arc<Settings>,
     pub wake: Arc<Notify>,
+    /// PIL's key for the envelopes it sends to G2P Connect senders.
+    pub signer: Arc<crate::report::Signer>,
+    /// G2P Connect senders, secrets resolved.
+    pub senders: Arc<Vec<g2p::Sender>>,
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "PIL — payment interoperability layer", description = "Native REST API, DFSP callbacks and operations endpoints."),
+    info(title = "PIL — payment interoperability layer", description = "Native REST API, the OpenG2P legacy PIL API, the G2P Connect disbursement API, DFSP callbacks and operations endpoints."),
+    modifiers(&BearerSchemes),
     paths(
         native::submit_batch,
         native::get_batch,
         native::list_batch_payments,
         native::get_payment,
         native::cancel_payment,
+        legacy::disburse,
+        legacy::get_disbursement,
+        legacy::check,
+        legacy::health,
+        admin::import_directory,
+        g2p::disburse,
+        g2p::sync_disburse,
+        g2p::txn_status,
+        g2p::sync_txn_status,
+        g2p::signing_key,
         dfsp_callback,
         healthz,
         readyz,
@@ -48,11 +66,30 @@ pub struct AppState {
     tags(
         (name = "batches", description = "Submit and follow batches of payments"),
         (name = "payments", description = "One payment, its history, cancel"),
+        (name = "legacy", description = "The OpenG2P legacy PIL API (pil-disbursement-api v0.1.0)"),
+        (name = "g2p-connect", description = "G2P Connect disbursement API v1.0.0 (bearer token per sender; signed envelopes)"),
+        (name = "admin", description = "Operations (bearer token)"),
         (name = "callbacks", description = "DFSP callbacks, handled by the adapter's parse_callback"),
         (name = "ops", description = "Health"),
     )
 )]
 pub struct ApiDoc;
+
+/// The bearer schemes the paths refer to.
+struct BearerSchemes;
+
+impl utoipa::Modify for BearerSchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for name in ["sender_token", "admin_token"] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
 
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
@@ -65,6 +102,16 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/payments/{id}", get(native::get_payment))
         .route("/api/v1/payments/{id}/cancel", post(native::cancel_payment))
+        .route("/disbursement", post(legacy::disburse))
+        .route("/disbursement/{id}", get(legacy::get_disbursement))
+        .route("/disbursementCheck", post(legacy::check))
+        .route("/health", get(legacy::health))
+        .route("/admin/directory", post(admin::import_directory))
+        .route("/disburse", post(g2p::disburse))
+        .route("/disburse/sync/disburse", post(g2p::sync_disburse))
+        .route("/disburse/txn/status", post(g2p::txn_status))
+        .route("/disburse/sync/txn/status", post(g2p::sync_txn_status))
+        .route("/signing-key.pem", get(g2p::signing_key))
         .route(
             "/callbacks/{dfsp}",
             post(dfsp_callback_root).put(dfsp_callback_root),

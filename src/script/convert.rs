@@ -23,14 +23,14 @@ pub fn shared(map: Map) -> Dynamic {
 
 /// The payment as scripts see it, shared (see [`shared`]). Scripts treat it as read-only.
 pub fn payment_dynamic(p: &Payment) -> Dynamic {
-    shared(payment_map(p, None))
+    shared(payment_map(p))
 }
 
 /// The payment as scripts see it (DESIGN.md "Script contracts").
 ///
 /// Built from a list in one bulk step rather than key by key (this runs for every payment), and
 /// with the nested `fa` map shared so that `p.fa == ()` in a script copies no map.
-pub fn payment_map(p: &Payment, attributes: Option<&serde_json::Value>) -> Map {
+pub fn payment_map(p: &Payment) -> Map {
     let text = |s: &str| Dynamic::from(ImmutableString::from(s));
     let fa = p
         .payee_fa
@@ -51,7 +51,9 @@ pub fn payment_map(p: &Payment, attributes: Option<&serde_json::Value>) -> Map {
         ("attempts", Dynamic::from_int(p.attempts)),
         (
             "attributes",
-            attributes.map_or_else(|| Dynamic::from_map(Map::new()), json_to_dynamic),
+            p.attributes
+                .as_ref()
+                .map_or_else(|| Dynamic::from_map(Map::new()), json_to_dynamic),
         ),
         ("batch_id", text(&p.batch_id)),
         ("currency", text(currency.code())),

@@ -31,9 +31,21 @@ pub struct NewBatch {
     pub batch_id: String,
     pub request_hash: String,
     pub created_at: i64,
+    /// Which API it came through: `native`, `legacy` (OpenG2P PIL API) or `g2p` (G2P Connect).
+    pub channel: String,
+    /// Where the sender wants status callbacks (G2P Connect `sender_uri`).
+    pub callback_url: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+/// Why a payment is stored already `rejected` (an APIs that answers per item, such as the
+/// legacy PIL API, keeps bad items in the batch rather than refusing the whole batch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default)]
 pub struct NewPayment {
     pub id: String,
     pub reference_id: String,
@@ -45,6 +57,11 @@ pub struct NewPayment {
     pub payee_name: Option<String>,
     pub note: Option<String>,
     pub meta: Option<serde_json::Value>,
+    /// From the payee directory; routing rules read them as `payment.attributes`.
+    pub attributes: Option<serde_json::Value>,
+    /// Not sent before this time (unix ms): a scheduled payment.
+    pub not_before: Option<i64>,
+    pub rejected: Option<Rejection>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +72,17 @@ pub struct BatchRecord {
     pub request_hash: String,
     pub payment_count: i64,
     pub created_at: i64,
+    pub channel: String,
+    pub callback_url: Option<String>,
+}
+
+/// One payee directory row: `(id_type, id_value)` → financial address + attributes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectoryEntry {
+    pub id_type: String,
+    pub id_value: String,
+    pub fa: String,
+    pub attributes: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What inserting a batch did. Nothing is written unless it is `Created`.
@@ -88,6 +116,35 @@ pub struct StoredEvent {
 pub struct StoredAttempt {
     pub at: i64,
     pub attempt: Attempt,
+}
+
+/// A callback to a sender, to be delivered by the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOutbox {
+    pub sender_id: String,
+    pub url: String,
+    pub body: String,
+}
+
+/// A queued callback as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub sender_id: String,
+    pub url: String,
+    pub body: String,
+    pub attempts: i64,
+    pub created_at: i64,
+    pub delivered_at: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// A history entry of a payment in a batch of some channel, for followers of the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelEvent {
+    pub event_id: i64,
+    pub payment_id: String,
+    pub batch_id: String,
 }
 
 /// Which payments a worker claims.
@@ -164,6 +221,57 @@ pub trait Store: Send + Sync + 'static {
         payments: &[NewPayment],
     ) -> StoreResult<BatchInsert>;
     async fn get_batch(&self, id: &str) -> StoreResult<Option<BatchRecord>>;
+    /// A batch by the sender's own id for it.
+    async fn find_batch(&self, sender_id: &str, batch_id: &str)
+    -> StoreResult<Option<BatchRecord>>;
+    /// All payments of a batch in submission order.
+    async fn batch_payments_in_order(&self, batch_id: &str) -> StoreResult<Vec<Payment>>;
+    /// Which of these reference ids the sender has already used.
+    async fn existing_references(
+        &self,
+        sender_id: &str,
+        references: &[String],
+    ) -> StoreResult<Vec<String>>;
+    /// The sender's payments with these reference ids (unknown ones are absent).
+    async fn payments_by_references(
+        &self,
+        sender_id: &str,
+        references: &[String],
+    ) -> StoreResult<Vec<Payment>>;
+    async fn payments_by_ids(&self, ids: &[String]) -> StoreResult<Vec<Payment>>;
+    /// The id of the newest history entry (0 when there is none). Every entry up to it is
+    /// committed: history is written by one writer at a time.
+    async fn last_event_id(&self) -> StoreResult<i64>;
+    /// History entries with `after < id <= upto` of payments in batches of `channel`,
+    /// oldest first.
+    async fn channel_events(
+        &self,
+        channel: &str,
+        after: i64,
+        upto: i64,
+    ) -> StoreResult<Vec<ChannelEvent>>;
+    async fn cursor(&self, name: &str) -> StoreResult<i64>;
+    /// Queues callbacks and, in the same transaction, moves a history cursor: a crash never
+    /// loses a callback nor queues one twice.
+    async fn outbox_enqueue(
+        &self,
+        rows: &[NewOutbox],
+        cursor: Option<(&str, i64)>,
+        now: i64,
+    ) -> StoreResult<()>;
+    /// For each sender, its oldest undelivered callback if it is due: callbacks to a sender
+    /// leave in the order they were queued, so a later status never overtakes an earlier one.
+    async fn outbox_due(&self, now: i64, limit: i64) -> StoreResult<Vec<OutboxRow>>;
+    async fn outbox_delivered(&self, id: i64, now: i64) -> StoreResult<()>;
+    /// A failed attempt: retried at `next_at`, or given up when `next_at` is `None`.
+    async fn outbox_failed(&self, id: i64, next_at: Option<i64>, error: &str) -> StoreResult<()>;
+    /// Every queued callback of a sender, oldest first (for operators and tests).
+    async fn outbox_of(&self, sender_id: &str) -> StoreResult<Vec<OutboxRow>>;
+    /// Inserts or replaces directory rows in one transaction; returns how many were written.
+    async fn directory_upsert(&self, entries: &[DirectoryEntry], now: i64) -> StoreResult<u64>;
+    /// The directory rows for these `(id_type, id_value)` keys (missing keys are absent).
+    async fn directory_lookup(&self, keys: &[(String, String)])
+    -> StoreResult<Vec<DirectoryEntry>>;
     async fn batch_totals(&self, batch_id: &str) -> StoreResult<Vec<StatusTotal>>;
     /// Payments of a batch ordered by id, after `cursor` (an id), optionally of one status.
     async fn batch_payments(

@@ -20,13 +20,16 @@ use super::{
 };
 use crate::money::{Currency, Money};
 use crate::payment::{Attempt, Change, Event, Payment, Status};
+use crate::store::{ChannelEvent, DirectoryEntry, NewOutbox, OutboxRow};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 const PAYMENT_COLUMNS: &str = "id, batch_id, seq, sender_id, reference_id, payee_fa, \
     payee_id_type, payee_id_value, amount_minor, currency, payee_name, note, meta, status, dfsp, \
     fallbacks, dfsp_ref, idempotency_key, attempts, polls, reason_code, reason, route_version, \
-    adapter_version, next_at, created_at, updated_at";
+    adapter_version, next_at, created_at, updated_at, attributes";
+const BATCH_COLUMNS: &str =
+    "id, sender_id, batch_id, request_hash, payment_count, created_at, channel, callback_url";
 
 /// Rows per multi-row INSERT when storing a batch (17 parameters each, well under SQLite's limit).
 const INSERT_CHUNK: usize = 256;
@@ -111,13 +114,21 @@ fn status_of(text: &str) -> StoreResult<Status> {
 
 fn payment_from_row(row: &SqliteRow) -> StoreResult<Payment> {
     let currency: String = row.try_get("currency")?;
-    let currency = Currency::from_code(&currency)
+    let currency = Currency::from_stored(&currency)
         .map_err(|e| StoreError::Corrupt(format!("payment currency: {e}")))?;
     let meta: Option<String> = row.try_get("meta")?;
     let meta = match meta {
         Some(text) => Some(
             serde_json::from_str(&text)
                 .map_err(|e| StoreError::Corrupt(format!("payment meta: {e}")))?,
+        ),
+        None => None,
+    };
+    let attributes: Option<String> = row.try_get("attributes")?;
+    let attributes = match attributes {
+        Some(text) => Some(
+            serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("payment attributes: {e}")))?,
         ),
         None => None,
     };
@@ -138,6 +149,7 @@ fn payment_from_row(row: &SqliteRow) -> StoreResult<Payment> {
         payee_name: row.try_get("payee_name")?,
         note: row.try_get("note")?,
         meta,
+        attributes,
         status: status_of(&status)?,
         dfsp: row.try_get("dfsp")?,
         fallbacks,
@@ -163,6 +175,21 @@ fn batch_from_row(row: &SqliteRow) -> StoreResult<BatchRecord> {
         request_hash: row.try_get("request_hash")?,
         payment_count: row.try_get("payment_count")?,
         created_at: row.try_get("created_at")?,
+        channel: row.try_get("channel")?,
+        callback_url: row.try_get("callback_url")?,
+    })
+}
+
+fn outbox_from_row(row: &SqliteRow) -> StoreResult<OutboxRow> {
+    Ok(OutboxRow {
+        id: row.try_get("id")?,
+        sender_id: row.try_get("sender_id")?,
+        url: row.try_get("url")?,
+        body: row.try_get("body")?,
+        attempts: row.try_get("attempts")?,
+        created_at: row.try_get("created_at")?,
+        delivered_at: row.try_get("delivered_at")?,
+        last_error: row.try_get("last_error")?,
     })
 }
 
@@ -179,15 +206,14 @@ fn placeholders(rows: usize, cols: usize) -> String {
 }
 
 impl SqliteStore {
-    async fn find_batch(
+    async fn find_batch_in(
         conn: &mut sqlx::SqliteConnection,
         sender_id: &str,
         batch_id: &str,
     ) -> StoreResult<Option<BatchRecord>> {
-        let row = sqlx::query(
-            "SELECT id, sender_id, batch_id, request_hash, payment_count, created_at \
-             FROM batches WHERE sender_id = $1 AND batch_id = $2",
-        )
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE sender_id = $1 AND batch_id = $2"
+        )))
         .bind(sender_id)
         .bind(batch_id)
         .fetch_optional(&mut *conn)
@@ -195,20 +221,20 @@ impl SqliteStore {
         row.as_ref().map(batch_from_row).transpose()
     }
 
-    async fn existing_references(
+    async fn existing_references_of(
         &self,
         sender_id: &str,
-        payments: &[NewPayment],
+        references: &[&str],
     ) -> StoreResult<Vec<String>> {
         let mut found = Vec::new();
-        for chunk in payments.chunks(500) {
+        for chunk in references.chunks(500) {
             let sql = format!(
                 "SELECT reference_id FROM payments WHERE sender_id = ? AND reference_id IN ({})",
                 vec!["?"; chunk.len()].join(",")
             );
             let mut q = sqlx::query(AssertSqlSafe(sql)).bind(sender_id);
-            for p in chunk {
-                q = q.bind(&p.reference_id);
+            for r in chunk {
+                q = q.bind(*r);
             }
             for row in q.fetch_all(&self.reader).await? {
                 found.push(row.try_get("reference_id")?);
@@ -226,7 +252,8 @@ impl Store for SqliteStore {
         payments: &[NewPayment],
     ) -> StoreResult<BatchInsert> {
         let mut tx = self.writer.begin().await?;
-        if let Some(existing) = Self::find_batch(&mut tx, &batch.sender_id, &batch.batch_id).await?
+        if let Some(existing) =
+            Self::find_batch_in(&mut tx, &batch.sender_id, &batch.batch_id).await?
         {
             return Ok(if existing.request_hash == batch.request_hash {
                 BatchInsert::Replayed(existing)
@@ -236,8 +263,8 @@ impl Store for SqliteStore {
         }
         let now = batch.created_at;
         sqlx::query(
-            "INSERT INTO batches (id, sender_id, batch_id, request_hash, payment_count, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO batches (id, sender_id, batch_id, request_hash, payment_count, created_at, \
+             channel, callback_url) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&batch.id)
         .bind(&batch.sender_id)
@@ -245,6 +272,8 @@ impl Store for SqliteStore {
         .bind(&batch.request_hash)
         .bind(payments.len() as i64)
         .bind(now)
+        .bind(&batch.channel)
+        .bind(&batch.callback_url)
         .execute(&mut *tx)
         .await?;
 
@@ -254,11 +283,17 @@ impl Store for SqliteStore {
             let sql = format!(
                 "INSERT INTO payments (id, batch_id, seq, sender_id, reference_id, payee_fa, \
                  payee_id_type, payee_id_value, amount_minor, currency, payee_name, note, meta, \
-                 status, next_at, created_at, updated_at) VALUES {}",
-                placeholders(chunk.len(), 17)
+                 status, next_at, created_at, updated_at, attributes, reason_code, reason) \
+                 VALUES {}",
+                placeholders(chunk.len(), 20)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for p in chunk {
+                let status = if p.rejected.is_some() {
+                    Status::Rejected
+                } else {
+                    Status::Received
+                };
                 q = q
                     .bind(&p.id)
                     .bind(&batch.id)
@@ -273,10 +308,13 @@ impl Store for SqliteStore {
                     .bind(&p.payee_name)
                     .bind(&p.note)
                     .bind(p.meta.as_ref().map(|m| m.to_string()))
-                    .bind(Status::Received.as_str())
+                    .bind(status.as_str())
+                    .bind(p.not_before.unwrap_or(now).max(now))
                     .bind(now)
                     .bind(now)
-                    .bind(now);
+                    .bind(p.attributes.as_ref().map(|m| m.to_string()))
+                    .bind(p.rejected.as_ref().map(|r| r.code.as_str()))
+                    .bind(p.rejected.as_ref().map(|r| r.message.as_str()));
                 seq += 1;
             }
             match q.execute(&mut *tx).await {
@@ -287,23 +325,49 @@ impl Store for SqliteStore {
                 }
                 Err(e) => return Err(e.into()),
             }
-            let sql = format!(
-                "INSERT INTO payment_events (payment_id, at, to_status, reason_code) VALUES {}",
-                placeholders(chunk.len(), 4)
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for p in chunk {
-                q = q
-                    .bind(&p.id)
-                    .bind(now)
-                    .bind(Status::Received.as_str())
-                    .bind("received");
+            // Every payment's history starts with `received`; one rejected on arrival
+            // (per-item answers of the legacy API) has its rejection right after.
+            let events: Vec<(&NewPayment, Option<&crate::store::Rejection>)> = chunk
+                .iter()
+                .map(|p| (p, None))
+                .chain(
+                    chunk
+                        .iter()
+                        .filter_map(|p| p.rejected.as_ref().map(|r| (p, Some(r)))),
+                )
+                .collect();
+            for part in shaped_chunks(&events, INSERT_CHUNK) {
+                let sql = format!(
+                    "INSERT INTO payment_events (payment_id, at, from_status, to_status, \
+                     reason_code, detail) VALUES {}",
+                    placeholders(part.len(), 6)
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for (p, rejected) in part {
+                    q = match rejected {
+                        None => q
+                            .bind(&p.id)
+                            .bind(now)
+                            .bind(None::<&str>)
+                            .bind(Status::Received.as_str())
+                            .bind("received")
+                            .bind(None::<&str>),
+                        Some(r) => q
+                            .bind(&p.id)
+                            .bind(now)
+                            .bind(Some(Status::Received.as_str()))
+                            .bind(Status::Rejected.as_str())
+                            .bind(r.code.as_str())
+                            .bind(Some(r.message.as_str())),
+                    };
+                }
+                q.execute(&mut *tx).await?;
             }
-            q.execute(&mut *tx).await?;
         }
         if duplicate {
             tx.rollback().await?;
-            let dups = self.existing_references(&batch.sender_id, payments).await?;
+            let refs: Vec<&str> = payments.iter().map(|p| p.reference_id.as_str()).collect();
+            let dups = self.existing_references_of(&batch.sender_id, &refs).await?;
             return Ok(BatchInsert::DuplicateReferences(dups));
         }
         tx.commit().await?;
@@ -314,18 +378,269 @@ impl Store for SqliteStore {
             request_hash: batch.request_hash.clone(),
             payment_count: payments.len() as i64,
             created_at: now,
+            channel: batch.channel.clone(),
+            callback_url: batch.callback_url.clone(),
         }))
     }
 
     async fn get_batch(&self, id: &str) -> StoreResult<Option<BatchRecord>> {
-        let row = sqlx::query(
-            "SELECT id, sender_id, batch_id, request_hash, payment_count, created_at \
-             FROM batches WHERE id = $1",
-        )
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1"
+        )))
         .bind(id)
         .fetch_optional(&self.reader)
         .await?;
         row.as_ref().map(batch_from_row).transpose()
+    }
+
+    async fn find_batch(
+        &self,
+        sender_id: &str,
+        batch_id: &str,
+    ) -> StoreResult<Option<BatchRecord>> {
+        let mut conn = self.reader.acquire().await?;
+        Self::find_batch_in(&mut conn, sender_id, batch_id).await
+    }
+
+    async fn batch_payments_in_order(&self, batch_id: &str) -> StoreResult<Vec<Payment>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE batch_id = $1 ORDER BY seq"
+        )))
+        .bind(batch_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(payment_from_row).collect()
+    }
+
+    async fn existing_references(
+        &self,
+        sender_id: &str,
+        references: &[String],
+    ) -> StoreResult<Vec<String>> {
+        let refs: Vec<&str> = references.iter().map(String::as_str).collect();
+        self.existing_references_of(sender_id, &refs).await
+    }
+
+    async fn payments_by_references(
+        &self,
+        sender_id: &str,
+        references: &[String],
+    ) -> StoreResult<Vec<Payment>> {
+        let mut found = Vec::new();
+        for chunk in references.chunks(500) {
+            let sql = format!(
+                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE sender_id = ? AND reference_id IN ({})",
+                vec!["?"; chunk.len()].join(",")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(sender_id);
+            for r in chunk {
+                q = q.bind(r);
+            }
+            for row in q.fetch_all(&self.reader).await? {
+                found.push(payment_from_row(&row)?);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn payments_by_ids(&self, ids: &[String]) -> StoreResult<Vec<Payment>> {
+        let mut found = Vec::new();
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id IN ({})",
+                vec!["?"; chunk.len()].join(",")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(&self.reader).await? {
+                found.push(payment_from_row(&row)?);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn last_event_id(&self) -> StoreResult<i64> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM payment_events")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(id.unwrap_or(0))
+    }
+
+    async fn channel_events(
+        &self,
+        channel: &str,
+        after: i64,
+        upto: i64,
+    ) -> StoreResult<Vec<ChannelEvent>> {
+        let rows = sqlx::query(
+            "SELECT e.id AS event_id, e.payment_id, p.batch_id FROM payment_events e \
+             JOIN payments p ON p.id = e.payment_id JOIN batches b ON b.id = p.batch_id \
+             WHERE e.id > $1 AND e.id <= $3 AND b.channel = $2 ORDER BY e.id",
+        )
+        .bind(after)
+        .bind(channel)
+        .bind(upto)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ChannelEvent {
+                    event_id: r.try_get("event_id")?,
+                    payment_id: r.try_get("payment_id")?,
+                    batch_id: r.try_get("batch_id")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn cursor(&self, name: &str) -> StoreResult<i64> {
+        let position: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM cursors WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(position.unwrap_or(0))
+    }
+
+    async fn outbox_enqueue(
+        &self,
+        rows: &[NewOutbox],
+        cursor: Option<(&str, i64)>,
+        now: i64,
+    ) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO outbox (sender_id, url, body, created_at, next_at) \
+                 VALUES ($1, $2, $3, $4, $4)",
+            )
+            .bind(&r.sender_id)
+            .bind(&r.url)
+            .bind(&r.body)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some((name, position)) = cursor {
+            sqlx::query(
+                "INSERT INTO cursors (name, position) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+            )
+            .bind(name)
+            .bind(position)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn outbox_due(&self, now: i64, limit: i64) -> StoreResult<Vec<OutboxRow>> {
+        let rows = sqlx::query(
+            "SELECT o.id, o.sender_id, o.url, o.body, o.attempts, o.created_at, o.delivered_at, \
+             o.last_error FROM outbox o \
+             JOIN (SELECT sender_id, MIN(id) AS id FROM outbox WHERE delivered_at IS NULL \
+                   AND next_at < 9223372036854775807 GROUP BY sender_id) f ON f.id = o.id \
+             WHERE o.next_at <= $1 ORDER BY o.id LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(outbox_from_row).collect()
+    }
+
+    async fn outbox_delivered(&self, id: i64, now: i64) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE outbox SET delivered_at = $2, attempts = attempts + 1, last_error = NULL \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn outbox_failed(&self, id: i64, next_at: Option<i64>, error: &str) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, next_at = $2, last_error = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(next_at.unwrap_or(i64::MAX))
+        .bind(error)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn outbox_of(&self, sender_id: &str) -> StoreResult<Vec<OutboxRow>> {
+        let rows = sqlx::query(
+            "SELECT id, sender_id, url, body, attempts, created_at, delivered_at, last_error \
+             FROM outbox WHERE sender_id = $1 ORDER BY id",
+        )
+        .bind(sender_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(outbox_from_row).collect()
+    }
+
+    async fn directory_upsert(&self, entries: &[DirectoryEntry], now: i64) -> StoreResult<u64> {
+        let mut tx = self.writer.begin().await?;
+        let mut written = 0;
+        for chunk in shaped_chunks(entries, INSERT_CHUNK) {
+            let sql = format!(
+                "INSERT OR REPLACE INTO directory (id_type, id_value, fa, attributes, updated_at) \
+                 VALUES {}",
+                placeholders(chunk.len(), 5)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for e in chunk {
+                q = q
+                    .bind(&e.id_type)
+                    .bind(&e.id_value)
+                    .bind(&e.fa)
+                    .bind(serde_json::Value::Object(e.attributes.clone()).to_string())
+                    .bind(now);
+            }
+            written += q.execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    async fn directory_lookup(
+        &self,
+        keys: &[(String, String)],
+    ) -> StoreResult<Vec<DirectoryEntry>> {
+        let mut found = Vec::new();
+        for chunk in keys.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "SELECT id_type, id_value, fa, attributes FROM directory \
+                 WHERE (id_type, id_value) IN (VALUES {})",
+                placeholders(chunk.len(), 2)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (t, v) in chunk {
+                q = q.bind(t).bind(v);
+            }
+            for row in q.fetch_all(&self.reader).await? {
+                let attributes: String = row.try_get("attributes")?;
+                let attributes = match serde_json::from_str(&attributes) {
+                    Ok(serde_json::Value::Object(m)) => m,
+                    _ => return Err(StoreError::Corrupt("directory attributes".into())),
+                };
+                found.push(DirectoryEntry {
+                    id_type: row.try_get("id_type")?,
+                    id_value: row.try_get("id_value")?,
+                    fa: row.try_get("fa")?,
+                    attributes,
+                });
+            }
+        }
+        Ok(found)
     }
 
     async fn batch_totals(&self, batch_id: &str) -> StoreResult<Vec<StatusTotal>> {

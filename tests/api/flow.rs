@@ -297,9 +297,19 @@ async fn openapi_and_health_are_served() {
         "/api/v1/batches/{id}/payments",
         "/api/v1/payments/{id}",
         "/api/v1/payments/{id}/cancel",
+        "/disbursement",
+        "/disbursement/{disbursementId}",
+        "/disbursementCheck",
+        "/health",
+        "/disburse",
+        "/disburse/sync/disburse",
+        "/disburse/txn/status",
+        "/disburse/sync/txn/status",
+        "/admin/directory",
     ] {
         assert!(doc["paths"][path].is_object(), "missing {path}");
     }
+    assert!(doc["components"]["securitySchemes"]["sender_token"].is_object());
     assert_eq!(app.get("/healthz").await.0, 200);
     let (st, ready) = app.get("/readyz").await;
     assert_eq!(st, 200);

@@ -68,6 +68,9 @@ pub fn test_settings(dir: &Path) -> Settings {
         database_url: format!("sqlite:{}", dir.join("pil.db").display()),
         rules_dir: dir.join("rules"),
         adapters_dir: dir.join("adapters"),
+        signing_key_file: dir.join("signing-key.pem"),
+        notify_interval_ms: 50,
+        callback_backoff_ms: 100,
         idle_ms: 20,
         ..Settings::default()
     }

@@ -5,5 +5,8 @@ mod batches;
 mod check;
 mod crash;
 mod flow;
+mod g2p;
 mod helpers;
+mod legacy;
+mod spec;
 mod store;

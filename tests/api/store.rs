@@ -15,6 +15,7 @@ fn row(i: usize) -> NewPayment {
         payee_name: None,
         note: None,
         meta: None,
+        ..Default::default()
     }
 }
 
