@@ -422,3 +422,43 @@ fn pil_directory_import_reports_bad_rows_with_file_and_line() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("imported 1 directory row(s)"));
 }
+
+#[tokio::test]
+async fn routing_rules_read_the_directory_attributes() {
+    let app = app_with_deadline(20_000).await;
+    let csv = "id_type,id_value,fa,region,preferred_dfsp\n\
+               PHONE,256700000101,mobile:256700000101@mtn,north,mojaloop-sdk\n\
+               PHONE,256700000102,mobile:256700000102@mtn,north,\n";
+    let (status, _) = import(&app, csv, Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    let payees = vec![
+        ("256700000101".to_string(), "5"),
+        ("256700000102".to_string(), "5"),
+    ];
+    let (status, body) = post_raw(&app, "/disbursement", odoo_body("attr-1", &payees)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(statuses(&body), ["COMPLETED", "COMPLETED"]);
+    let store = &app.app.state.store;
+    let batch = store
+        .find_batch("openg2p", "attr-1")
+        .await
+        .expect("store")
+        .expect("batch");
+    let payments = store
+        .batch_payments_in_order(&batch.id)
+        .await
+        .expect("payments");
+    let dfsps: Vec<_> = payments
+        .iter()
+        .map(|p| p.dfsp.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        dfsps,
+        ["mojaloop-sdk", "mtn-momo"],
+        "the preferred DFSP wins only where set"
+    );
+    assert_eq!(
+        payments[0].attributes.as_ref().expect("attributes")["region"],
+        "north"
+    );
+}
