@@ -10,6 +10,7 @@ pub mod demo;
 pub mod directory;
 pub mod dispatch;
 pub mod executor;
+pub mod fixtures;
 pub mod follow;
 pub mod ingest;
 pub mod jws;

@@ -64,6 +64,14 @@ enum Command {
         /// A folder holding rules/ and adapters/ (default: the configured folders).
         path: Option<PathBuf>,
     },
+    /// Run adapter fixtures (adapters/<id>/tests/*.json|toml); a diff for each mismatch.
+    Test {
+        /// Only this adapter (default: all).
+        adapter: Option<String>,
+        /// A folder holding rules/ and adapters/ (default: the configured folders).
+        #[arg(long)]
+        path: Option<PathBuf>,
+    },
     /// Dry run of one payment (JSON file): routing decision and each candidate's request.
     Route { file: PathBuf },
     /// Create or upgrade the database schema.
@@ -168,6 +176,46 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        Command::Test { adapter, path } => {
+            let (rules, adapters) = match path {
+                Some(p) => (p.join("rules"), p.join("adapters")),
+                None => (settings.rules_dir.clone(), settings.adapters_dir.clone()),
+            };
+            let bundle = match pil::tools::check(&rules, &adapters) {
+                Ok(b) => b,
+                Err(errors) => {
+                    for e in &errors.0 {
+                        eprintln!("{e}");
+                    }
+                    eprintln!("{} error(s); no fixture was run", errors.0.len());
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            if let Some(id) = &adapter
+                && bundle.adapter(id).is_none()
+            {
+                eprintln!("no adapter '{id}' in {}", adapters.display());
+                return Ok(ExitCode::FAILURE);
+            }
+            let results = pil::fixtures::run_all(&bundle, &adapters, adapter.as_deref());
+            let failed = results.iter().filter(|r| !r.passed()).count();
+            for r in &results {
+                if r.passed() {
+                    println!("ok   {}/{}", r.adapter, r.name);
+                } else {
+                    println!("FAIL {}/{} ({})", r.adapter, r.name, r.file.display());
+                    for p in &r.problems {
+                        println!("       {p}");
+                    }
+                }
+            }
+            println!("{} fixture(s), {failed} failed", results.len());
+            Ok(if failed == 0 && !results.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Route { file } => {
             let text = std::fs::read_to_string(&file)

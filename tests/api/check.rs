@@ -106,3 +106,63 @@ fn route_dry_run_shows_the_decision_and_requests_without_secrets() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
     assert_eq!(v["decision"]["reject"], "payee_fa.unroutable");
 }
+
+fn pil_test(dir: &std::path::Path, adapter: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pil"));
+    cmd.arg("test").arg("--path").arg(dir);
+    if let Some(a) = adapter {
+        cmd.arg(a);
+    }
+    cmd.env_remove("PIL_RULES_DIR")
+        .env_remove("PIL_ADAPTERS_DIR")
+        .output()
+        .expect("run pil test")
+}
+
+#[test]
+fn every_shipped_adapter_has_fixtures_and_they_pass() {
+    let out = pil_test(&repo(), None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(", 0 failed"), "{stdout}");
+    for entry in std::fs::read_dir(repo().join("adapters")).expect("adapters") {
+        let id = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .to_string();
+        assert!(
+            stdout.contains(&format!("ok   {id}/")),
+            "adapter {id} has no passing fixture:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn a_fixture_that_no_longer_matches_fails_with_a_diff() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    install_scripts(dir.path(), "http://127.0.0.1:9");
+    let fixture = dir
+        .path()
+        .join("adapters/mtn-momo/tests/request_mobile.json");
+    let text = std::fs::read_to_string(&fixture).expect("read");
+    std::fs::write(
+        &fixture,
+        text.replace("\"amount\": \"1500.5\"", "\"amount\": \"1500.50\""),
+    )
+    .expect("write");
+    let out = pil_test(dir.path(), Some("mtn-momo"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("body.amount: expected \"1500.50\", got \"1500.5\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 failed"), "{stdout}");
+    let out = pil_test(dir.path(), Some("no-such-adapter"));
+    assert!(!out.status.success());
+}
