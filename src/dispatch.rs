@@ -529,6 +529,7 @@ fn after_send(
                         reason: Some(e.to_string()),
                         not_executed: false,
                         retry: false,
+                        next: None,
                     }
                 }
             }
@@ -542,6 +543,7 @@ fn after_send(
                 reason: Some(reason.clone()),
                 not_executed: true,
                 retry: true,
+                next: None,
             }
         }
         Sent::Unknown(reason) => {
@@ -553,6 +555,7 @@ fn after_send(
                 reason: Some(reason.clone()),
                 not_executed: false,
                 retry: false,
+                next: None,
             }
         }
     };

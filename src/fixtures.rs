@@ -237,7 +237,8 @@ fn outcome_json(o: &Outcome) -> Value {
         Reported::Unknown => "unknown",
     };
     json!({"status": status, "dfsp_ref": o.dfsp_ref, "reason_code": o.reason_code,
-           "reason": o.reason, "not_executed": o.not_executed, "retry": o.retry})
+           "reason": o.reason, "not_executed": o.not_executed, "retry": o.retry,
+           "next": o.next.as_ref().map(request_json)})
 }
 
 fn run_one(bundle: &Bundle, adapter: &Adapter, f: &Value) -> Vec<String> {

@@ -89,9 +89,22 @@ pub fn report_change(
         Reported::Failed => failed(base, o),
         Reported::Accepted | Reported::Pending => match current {
             Status::Sending | Status::Unknown => {
-                wait(base, cfg.poll.first_after_ms).step(Status::Accepted, Some("accepted"), detail)
+                // A pending continuation is for the poller to send, at once.
+                let first = if o.next.is_some() {
+                    0
+                } else {
+                    cfg.poll.first_after_ms
+                };
+                wait(base, first).step(Status::Accepted, Some("accepted"), detail)
             }
-            _ if from_poll => Ok(wait(base, cfg.poll.every_ms)),
+            _ if from_poll => {
+                let after = if o.next.is_some() {
+                    0
+                } else {
+                    cfg.poll.every_ms
+                };
+                Ok(wait(base, after))
+            }
             _ => return None,
         },
         Reported::Unknown => match current {
@@ -258,6 +271,9 @@ async fn apply_report(
 }
 
 /// Queries the status of due `accepted` and `unknown` payments; returns how many it looked at.
+/// Continuation requests sent per payment in one poll.
+const MAX_CONTINUATIONS: usize = 3;
+
 pub async fn poll_once(
     store: &Arc<dyn Store>,
     writer: &Writer,
@@ -319,10 +335,10 @@ pub async fn poll_once(
                 outcome: String::new(),
                 error: None,
             };
-            let report = match sent {
+            let mut report = match sent {
                 Sent::Response(resp) => {
                     attempt.http_status = Some(i64::from(resp.status));
-                    match adapter.parse_status_response(&engine, pmap, &resp) {
+                    match adapter.parse_status_response(&engine, pmap.clone(), &resp) {
                         Ok(o) => Some(o),
                         Err(e) => {
                             attempt.error = Some(e.to_string());
@@ -335,6 +351,41 @@ pub async fn poll_once(
                     None
                 }
             };
+            // Continuations (accept the party, then the quote, ...) move the same transfer on;
+            // a few steps at most per poll, the rest at the next one.
+            for _ in 0..MAX_CONTINUATIONS {
+                let Some(next) = report.as_mut().and_then(|o| o.next.take()) else {
+                    break;
+                };
+                let started = now_ms();
+                let sent = client.send(&next).await;
+                attempt = Attempt {
+                    kind: "continue",
+                    method: next.method.to_string(),
+                    url: client.url_for(&next.path),
+                    started_at: started,
+                    finished_at: now_ms(),
+                    http_status: None,
+                    error: None,
+                    ..attempt
+                };
+                report = match sent {
+                    Sent::Response(resp) => {
+                        attempt.http_status = Some(i64::from(resp.status));
+                        match adapter.parse_status_response(&engine, pmap.clone(), &resp) {
+                            Ok(o) => Some(o),
+                            Err(e) => {
+                                attempt.error = Some(e.to_string());
+                                None
+                            }
+                        }
+                    }
+                    Sent::NotSent(e) | Sent::Unknown(e) => {
+                        attempt.error = Some(e);
+                        None
+                    }
+                };
+            }
             (p.id.clone(), adapter, attempt, report)
         });
     }
@@ -350,6 +401,7 @@ pub async fn poll_once(
             reason: None,
             not_executed: false,
             retry: false,
+            next: None,
         });
         attempt.outcome = format!("{:?}", report.status).to_lowercase();
         if let Some(change) = report_change(p, p.status, &adapter.config, &report, now_ms(), true) {

@@ -21,7 +21,7 @@ pub enum Reported {
 }
 
 /// What a script made of a DFSP response or callback.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     pub status: Reported,
     pub dfsp_ref: Option<String>,
@@ -31,6 +31,10 @@ pub struct Outcome {
     pub not_executed: bool,
     /// Worth retrying on the same DFSP later (e.g. 429); only meaningful with `not_executed`.
     pub retry: bool,
+    /// A request that moves the same transfer on (e.g. Mojaloop's `PUT /transfers/{id}`
+    /// accepting the party or the quote). Never a new submission: it names a transfer the DFSP
+    /// already holds. The poller sends it and reads the answer with `parse_status_response`.
+    pub next: Option<DfspRequest>,
 }
 
 /// How a callback names its payment.
@@ -206,6 +210,11 @@ impl Adapter {
                     .map_err(|_| self.fail(format!("{func}: '{key}' must be true or false"))),
             }
         };
+        let next = match map.get("next") {
+            None => None,
+            Some(n) if n.is_unit() => None,
+            Some(n) => Some(self.request_from(n.clone(), &format!("{func}: next"))?),
+        };
         Ok(Outcome {
             status,
             dfsp_ref: map_str(&map, "dfsp_ref"),
@@ -213,6 +222,7 @@ impl Adapter {
             reason: map_str(&map, "reason"),
             not_executed: flag("not_executed")?,
             retry: flag("retry")?,
+            next,
         })
     }
 }

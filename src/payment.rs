@@ -199,6 +199,8 @@ pub struct Fields {
 #[derive(Debug, Clone)]
 pub struct Attempt {
     pub dfsp: String,
+    /// `submit` (the payment itself), `status` (a status query) or `continue` (a request moving
+    /// the same transfer on, e.g. accepting a Mojaloop party or quote).
     pub kind: &'static str,
     pub idempotency_key: Option<String>,
     pub method: String,

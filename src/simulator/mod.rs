@@ -49,6 +49,12 @@ pub struct SimConfig {
     pub mtn_api_user: String,
     pub mtn_api_key: String,
     pub mtn_subscription_key: String,
+    /// Mojaloop SDK `AUTO_ACCEPT_PARTY`: when false, `POST /transfers` stops at
+    /// `WAITING_FOR_PARTY_ACCEPTANCE` until `PUT /transfers/{id}` `{"acceptParty": true}`.
+    pub mojaloop_auto_accept_party: bool,
+    /// Mojaloop SDK `AUTO_ACCEPT_QUOTES`: when false, the transfer then stops at
+    /// `WAITING_FOR_QUOTE_ACCEPTANCE` until `{"acceptQuote": true}`.
+    pub mojaloop_auto_accept_quotes: bool,
 }
 
 impl Default for SimConfig {
@@ -67,6 +73,8 @@ impl Default for SimConfig {
             mtn_api_user: "pil-sim-user".to_owned(),
             mtn_api_key: "pil-sim-key".to_owned(),
             mtn_subscription_key: "pil-sim-subscription".to_owned(),
+            mojaloop_auto_accept_party: true,
+            mojaloop_auto_accept_quotes: true,
         }
     }
 }

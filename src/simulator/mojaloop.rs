@@ -1,4 +1,5 @@
-//! Fake Mojaloop SDK scheme adapter outbound API (synchronous `POST /transfers`).
+//! Fake Mojaloop SDK scheme adapter outbound API (synchronous `POST /transfers`, continued
+//! with `PUT /transfers/{id}` when party or quote acceptance is not automatic).
 
 use std::collections::{HashMap, HashSet};
 
@@ -21,8 +22,17 @@ pub(super) struct MojaState {
 }
 
 enum Outcome {
-    Committed { completed: String },
+    Committed {
+        completed: String,
+    },
     Aborted,
+    /// Stopped for the caller to accept the party (or the quote); nothing executed yet.
+    Waiting {
+        quote: bool,
+        request: Map<String, Value>,
+        home: String,
+        payee: String,
+    },
 }
 
 const ID_TYPES: [&str; 10] = [
@@ -39,9 +49,10 @@ const ID_TYPES: [&str; 10] = [
 ];
 
 pub(super) fn routes() -> Router<Simulator> {
-    Router::new()
-        .route("/transfers", post(submit))
-        .route("/transfers/{transfer_id}", get(status))
+    Router::new().route("/transfers", post(submit)).route(
+        "/transfers/{transfer_id}",
+        get(status).put(continue_transfer),
+    )
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -174,6 +185,67 @@ async fn handle_submit(sim: &Simulator, body: &[u8]) -> Response {
 
     let transfer_id = uuid::Uuid::new_v4().to_string();
     req.insert("transferId".to_owned(), json!(transfer_id));
+    if !cfg.mojaloop_auto_accept_party || !cfg.mojaloop_auto_accept_quotes {
+        return wait_for(
+            sim,
+            transfer_id,
+            req,
+            home,
+            payee,
+            cfg.mojaloop_auto_accept_party,
+        );
+    }
+    execute(sim, transfer_id, req, &home, &payee, chaos).await
+}
+
+/// Stops the transfer at party (or quote) acceptance, as the SDK does without auto-accept.
+fn wait_for(
+    sim: &Simulator,
+    transfer_id: String,
+    mut req: Map<String, Value>,
+    home: String,
+    payee: String,
+    quote: bool,
+) -> Response {
+    let state = if quote {
+        req.insert(
+            "quoteResponse".to_owned(),
+            json!({"body": {"transferAmount": {"amount": req.get("amount"), "currency": req.get("currency")},
+                            "payeeFspFee": {"amount": "0", "currency": req.get("currency")}}}),
+        );
+        "WAITING_FOR_QUOTE_ACCEPTANCE"
+    } else {
+        if let Some(Value::Object(to)) = req.get_mut("to") {
+            to.entry("displayName").or_insert(json!("Simulated Payee"));
+            to.insert("fspId".to_owned(), json!("payeefsp"));
+        }
+        "WAITING_FOR_PARTY_ACCEPTANCE"
+    };
+    req.insert("currentState".to_owned(), json!(state));
+    lock(&sim.inner.mojaloop).transfers.insert(
+        transfer_id,
+        Outcome::Waiting {
+            quote,
+            request: req.clone(),
+            home,
+            payee,
+        },
+    );
+    json_response(StatusCode::OK, Value::Object(req))
+}
+
+/// Executes (or fails) a transfer whose party and quote are accepted.
+async fn execute(
+    sim: &Simulator,
+    transfer_id: String,
+    mut req: Map<String, Value>,
+    home: &str,
+    payee: &str,
+    chaos: Chaos,
+) -> Response {
+    let cfg = sim.config();
+    let trig = trigger(payee);
+    req.insert("transferId".to_owned(), json!(transfer_id));
     let error_code = trig
         .and_then(Trigger::mojaloop_error)
         .or((chaos == Chaos::Fail500).then_some("2001"));
@@ -200,7 +272,7 @@ async fn handle_submit(sim: &Simulator, body: &[u8]) -> Response {
             completed: completed.clone(),
         },
     );
-    sim.with_stats(|s| bump(&mut s.executed, &home));
+    sim.with_stats(|s| bump(&mut s.executed, home));
     req.insert("currentState".to_owned(), json!("COMPLETED"));
     req.insert(
         "fulfil".to_owned(),
@@ -212,6 +284,81 @@ async fn handle_submit(sim: &Simulator, body: &[u8]) -> Response {
     json_response(StatusCode::OK, Value::Object(req))
 }
 
+/// `PUT /transfers/{id}` with `{"acceptParty": bool}` or `{"acceptQuote": bool}`.
+async fn continue_transfer(
+    State(sim): State<Simulator>,
+    Path(transfer_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let resp = handle_continue(&sim, transfer_id, &body).await;
+    sim.latency().await;
+    resp
+}
+
+async fn handle_continue(sim: &Simulator, transfer_id: String, body: &[u8]) -> Response {
+    let Ok(Value::Object(cont)) = serde_json::from_slice::<Value>(body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "3100",
+            "body must be a JSON object",
+        );
+    };
+    let waiting = lock(&sim.inner.mojaloop).transfers.remove(&transfer_id);
+    let Some(Outcome::Waiting {
+        quote,
+        request,
+        home,
+        payee,
+    }) = waiting
+    else {
+        // Put back whatever was there: only a waiting transfer can be continued.
+        if let Some(o) = waiting {
+            lock(&sim.inner.mojaloop).transfers.insert(transfer_id, o);
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "3100",
+                "transfer is not waiting for acceptance",
+            );
+        }
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "3208",
+            "Transfer ID not found",
+        );
+    };
+    let key = if quote { "acceptQuote" } else { "acceptParty" };
+    let Some(accept) = cont.get(key).and_then(Value::as_bool) else {
+        let stage = Outcome::Waiting {
+            quote,
+            request,
+            home,
+            payee,
+        };
+        lock(&sim.inner.mojaloop)
+            .transfers
+            .insert(transfer_id, stage);
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "3100",
+            &format!("expected {{\"{key}\": true|false}}"),
+        );
+    };
+    if !accept {
+        lock(&sim.inner.mojaloop)
+            .transfers
+            .insert(transfer_id.clone(), Outcome::Aborted);
+        let mut req = request;
+        req.insert("currentState".to_owned(), json!("ERROR_OCCURRED"));
+        return json_response(StatusCode::OK, Value::Object(req));
+    }
+    let cfg = sim.config();
+    if !quote && !cfg.mojaloop_auto_accept_quotes {
+        return wait_for(sim, transfer_id, request, home, payee, true);
+    }
+    let chaos = sim.chaos(trigger(&payee), &cfg);
+    execute(sim, transfer_id, request, &home, &payee, chaos).await
+}
+
 async fn status(State(sim): State<Simulator>, Path(transfer_id): Path<String>) -> Response {
     sim.with_stats(|s| s.status_queries += 1);
     let body = match lock(&sim.inner.mojaloop).transfers.get(&transfer_id) {
@@ -221,6 +368,10 @@ async fn status(State(sim): State<Simulator>, Path(transfer_id): Path<String>) -
         Some(Outcome::Aborted) => Some(json!({
             "transferId": transfer_id, "currentState": "ERROR_OCCURRED",
             "fulfil": {"body": {"transferState": "ABORTED"}}})),
+        Some(Outcome::Waiting { quote, .. }) => Some(json!({
+            "transferId": transfer_id,
+            "currentState": if *quote { "WAITING_FOR_QUOTE_ACCEPTANCE" } else { "WAITING_FOR_PARTY_ACCEPTANCE" },
+            "fulfil": {}})),
         None => None,
     };
     let resp = match body {

@@ -768,7 +768,11 @@ impl Store for SqliteStore {
                     at: row.try_get("started_at")?,
                     attempt: Attempt {
                         dfsp: row.try_get("dfsp")?,
-                        kind: if kind == "status" { "status" } else { "submit" },
+                        kind: match kind.as_str() {
+                            "status" => "status",
+                            "continue" => "continue",
+                            _ => "submit",
+                        },
                         idempotency_key: row.try_get("idempotency_key")?,
                         method: row.try_get("method")?,
                         url: row.try_get("url")?,
