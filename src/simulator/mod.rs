@@ -91,6 +91,8 @@ pub struct SimStats {
     pub callbacks_sent: u64,
     pub callbacks_lost: u64,
     pub status_queries: u64,
+    /// Access tokens handed out (a client whose token expired fetches another).
+    pub tokens_issued: u64,
 }
 
 /// The DFSP whose behaviour [`expected_outcome`] describes.

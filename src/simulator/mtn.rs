@@ -148,6 +148,7 @@ fn issue_token(sim: &Simulator, headers: &HeaderMap) -> Response {
         return unauthorized("login_failed");
     }
     let token = uuid::Uuid::new_v4().to_string();
+    sim.with_stats(|s| s.tokens_issued += 1);
     let now = Instant::now();
     {
         let mut st = lock(&sim.inner.mtn);

@@ -458,3 +458,37 @@ async fn a_planned_stop_leaves_nothing_in_flight() {
         waiting
     );
 }
+
+#[tokio::test]
+async fn an_access_token_expiring_mid_batch_is_fetched_again_and_nothing_is_paid_twice() {
+    let app = spawn_with(
+        SimConfig {
+            token_ttl_s: 1,
+            latency_ms: 60,
+            ..SimConfig::default()
+        },
+        |_, dir| {
+            // Few requests in flight, so the batch outlives several tokens.
+            let toml = dir.join("adapters/mtn-momo/adapter.toml");
+            let text = std::fs::read_to_string(&toml).expect("read");
+            let text = text.replace("max_in_flight = 32", "max_in_flight = 2");
+            std::fs::write(&toml, text).expect("write");
+        },
+    )
+    .await;
+    let payments: Vec<Value> = (0..50)
+        .map(|i| payment(&format!("tok-{i}"), &mtn(&format!("2567000003{i:02}")), "2"))
+        .collect();
+    let batch = app.submit("token-expiry", payments).await;
+    let done = app.wait_final(&batch).await;
+    assert!(done.values().all(|p| status(p) == "succeeded"), "{done:?}");
+    let stats = app.sim.simulator.stats();
+    assert!(
+        stats.tokens_issued >= 2,
+        "the token expired during the batch: {stats:?}"
+    );
+    for p in done.values() {
+        let id = p["id"].as_str().expect("id");
+        assert_eq!(stats.executed.get(id), Some(&1), "{p}");
+    }
+}
