@@ -144,6 +144,10 @@ fn register_helpers(e: &mut Engine) {
     });
 
     e.register_fn("xml_escape", |s: &str| xml_escape(s));
+    e.register_fn("xml_parse", |s: &str| -> HelperResult<Dynamic> {
+        super::xml::parse(s).map_err(helper_err)
+    });
+    e.register_fn("xml_list", super::xml::list);
     e.register_fn("url_encode", |s: &str| url_encode(s));
 }
 
@@ -268,6 +272,13 @@ mod tests {
                 .to_string(),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+        assert_eq!(
+            eval(r#"let d = xml_parse("<r><t><s>ACSC</s></t><t><s>RJCT</s></t></r>"); xml_list(d.r.t)[1].s"#)
+                .expect("eval")
+                .to_string(),
+            "RJCT"
+        );
+        assert!(eval(r#"xml_parse("<r>")"#).is_err());
         assert_eq!(
             eval(r#"xml_escape("a<b & 'c'")"#)
                 .expect("eval")

@@ -5,6 +5,7 @@
 
 pub mod convert;
 pub mod engine;
+pub mod xml;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
