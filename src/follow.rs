@@ -270,10 +270,10 @@ async fn apply_report(
     Ok(last_seen.map_or(CallbackOutcome::UnknownPayment, CallbackOutcome::NoChange))
 }
 
-/// Queries the status of due `accepted` and `unknown` payments; returns how many it looked at.
 /// Continuation requests sent per payment in one poll.
 const MAX_CONTINUATIONS: usize = 3;
 
+/// Queries the status of due `accepted` and `unknown` payments; returns how many it looked at.
 pub async fn poll_once(
     store: &Arc<dyn Store>,
     writer: &Writer,

@@ -1026,9 +1026,11 @@ async fn apply_changes(
                         .iter()
                         .map(|e| (change.payment_id.as_str(), e)),
                 );
-                if let Some(a) = &change.attempt {
-                    attempts.push((change.payment_id.as_str(), a));
-                }
+            }
+            // An HTTP exchange happened whether or not its answer still moved the payment (a
+            // callback may have got there first): the audit trail keeps it either way.
+            if let Some(a) = &change.attempt {
+                attempts.push((change.payment_id.as_str(), a));
             }
         }
         // History rows of the whole group in a few multi-row statements.

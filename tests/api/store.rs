@@ -67,3 +67,41 @@ async fn merged_jobs_get_their_own_results() {
         1
     );
 }
+
+#[tokio::test]
+async fn an_answer_that_lost_the_race_still_leaves_its_http_exchange_in_the_record() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = store::open(&format!("sqlite:{}", dir.path().join("a.db").display()))
+        .await
+        .expect("store");
+    let rows: Vec<NewPayment> = (0..1).map(row).collect();
+    let batch = pil::ingest::new_batch("s", "b", &rows, 0);
+    store.insert_batch(&batch, &rows).await.expect("insert");
+    let writer = Writer::start(store.clone());
+    let attempt = pil::payment::Attempt {
+        dfsp: "mtn-momo".into(),
+        kind: "submit",
+        idempotency_key: Some("k".into()),
+        method: "POST".into(),
+        url: "http://dfsp/transfer".into(),
+        started_at: 1,
+        finished_at: 2,
+        http_status: Some(202),
+        outcome: "accepted".into(),
+        error: None,
+    };
+    // Expects `sending`, but the payment is still `received`: the change is stale.
+    let late = Change::at("p0", Status::Sending)
+        .step(Status::Accepted, Some("accepted"), None)
+        .expect("legal")
+        .with_attempt(attempt);
+    assert_eq!(
+        writer.apply(vec![late]).await.expect("apply"),
+        vec![pil::store::Applied::Stale]
+    );
+    let p0 = store.get_payment("p0").await.expect("get").expect("p0");
+    assert_eq!(p0.status, Status::Received, "a stale change moves nothing");
+    let attempts = store.payment_attempts("p0").await.expect("attempts");
+    assert_eq!(attempts.len(), 1, "but the exchange is on record");
+    assert_eq!(attempts[0].attempt.http_status, Some(202));
+}
