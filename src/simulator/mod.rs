@@ -558,7 +558,8 @@ mod tests {
                 "executed",
                 "requests",
                 "status_queries",
-                "submissions"
+                "submissions",
+                "tokens_issued"
             ]
         );
         assert!(stats["submissions"].is_object() && stats["executed"].is_object());
