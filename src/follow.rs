@@ -335,22 +335,7 @@ pub async fn poll_once(
                 outcome: String::new(),
                 error: None,
             };
-            let mut report = match sent {
-                Sent::Response(resp) => {
-                    attempt.http_status = Some(i64::from(resp.status));
-                    match adapter.parse_status_response(&engine, pmap.clone(), &resp) {
-                        Ok(o) => Some(o),
-                        Err(e) => {
-                            attempt.error = Some(e.to_string());
-                            None
-                        }
-                    }
-                }
-                Sent::NotSent(e) | Sent::Unknown(e) => {
-                    attempt.error = Some(e);
-                    None
-                }
-            };
+            let mut report = read_status(&adapter, &engine, &pmap, sent, &mut attempt);
             // Continuations (accept the party, then the quote, ...) move the same transfer on;
             // a few steps at most per poll, the rest at the next one.
             for _ in 0..MAX_CONTINUATIONS {
@@ -369,22 +354,7 @@ pub async fn poll_once(
                     error: None,
                     ..attempt
                 };
-                report = match sent {
-                    Sent::Response(resp) => {
-                        attempt.http_status = Some(i64::from(resp.status));
-                        match adapter.parse_status_response(&engine, pmap.clone(), &resp) {
-                            Ok(o) => Some(o),
-                            Err(e) => {
-                                attempt.error = Some(e.to_string());
-                                None
-                            }
-                        }
-                    }
-                    Sent::NotSent(e) | Sent::Unknown(e) => {
-                        attempt.error = Some(e);
-                        None
-                    }
-                };
+                report = read_status(&adapter, &engine, &pmap, sent, &mut attempt);
             }
             (p.id.clone(), adapter, attempt, report)
         });
@@ -410,6 +380,29 @@ pub async fn poll_once(
     }
     writer.apply(changes).await.map_err(CallbackError::Write)?;
     Ok(claimed.len())
+}
+
+/// What a status query (or continuation) answer says, noting the exchange in `attempt`.
+fn read_status(
+    adapter: &crate::script::Adapter,
+    engine: &rhai::Engine,
+    pmap: &Dynamic,
+    sent: Sent,
+    attempt: &mut Attempt,
+) -> Option<Outcome> {
+    match sent {
+        Sent::Response(resp) => {
+            attempt.http_status = Some(i64::from(resp.status));
+            adapter
+                .parse_status_response(engine, pmap.clone(), &resp)
+                .map_err(|e| attempt.error = Some(e.to_string()))
+                .ok()
+        }
+        Sent::NotSent(e) | Sent::Unknown(e) => {
+            attempt.error = Some(e);
+            None
+        }
+    }
 }
 
 fn park(p: &Payment, why: &str) -> Change {

@@ -565,6 +565,19 @@ fn valid_base(url: &str) -> bool {
     reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
 }
 
+/// The callback base an asynchronous request needs.
+fn required_base(incoming: &Incoming<'_>, callback: &str) -> Result<String, G2pError> {
+    callback_base(incoming)
+        .filter(|u| valid_base(u))
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                "err.sender_uri.invalid",
+                format!("header.sender_uri must be an http(s) URL to send {callback} to"),
+            )
+        })
+}
+
 /// Disburse, asynchronously: `ACK` at once; per-item results go to `{sender_uri}/on-disburse`
 /// (and every later status change too).
 #[utoipa::path(
@@ -586,13 +599,7 @@ pub async fn disburse(
 ) -> Result<Json<Value>, G2pError> {
     let body = body_bytes(&state, body)?;
     let incoming = open(&state.senders, &headers, &body, &["disburse"])?;
-    let Some(base) = callback_base(&incoming).filter(|u| valid_base(u)) else {
-        return Err(refuse(
-            StatusCode::BAD_REQUEST,
-            "err.sender_uri.invalid",
-            "header.sender_uri must be an http(s) URL to send on-disburse to",
-        ));
-    };
+    let base = required_base(&incoming, "on-disburse")?;
     let accepted = accept_disburse(&state, &incoming, Some(base.clone())).await?;
     let now = now_ms();
     let mut rows: Vec<NewOutbox> = Vec::new();
@@ -626,19 +633,6 @@ pub async fn disburse(
         state.store.outbox_enqueue(&rows, None, now).await?;
     }
     Ok(ack(&accepted.batch.id))
-}
-
-async fn wait_final(state: &AppState, batch_id: &str, wait: Duration) -> Result<(), G2pError> {
-    let until = tokio::time::Instant::now() + wait;
-    loop {
-        let totals = state.store.batch_totals(batch_id).await?;
-        if totals.iter().all(|t| t.count == 0 || t.status.is_final())
-            || tokio::time::Instant::now() >= until
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A signed envelope answer.
@@ -676,8 +670,8 @@ pub async fn sync_disburse(
     let incoming = open(&state.senders, &headers, &body, &["disburse", "search"])?;
     let base = callback_base(&incoming).filter(|u| valid_base(u));
     let accepted = accept_disburse(&state, &incoming, base).await?;
-    wait_final(
-        &state,
+    super::wait_final(
+        state.store.as_ref(),
         &accepted.batch.id,
         Duration::from_millis(state.settings.g2p_sync_wait_ms),
     )
@@ -788,6 +782,24 @@ async fn status_items(
     Ok((transaction_id, correlation_id, items))
 }
 
+/// `TxnStatusResponse`: the request's own `transaction_id` outside, the disbursement's inside.
+fn status_message(
+    incoming: &Incoming<'_>,
+    transaction_id: &str,
+    correlation_id: &str,
+    items: &[Value],
+) -> Value {
+    let request_txn = incoming
+        .message
+        .get("transaction_id")
+        .and_then(Value::as_str)
+        .unwrap_or(transaction_id);
+    let mut message = report::txn_status_response(request_txn, correlation_id, items.to_vec());
+    message["txnstatus_response"]["txn_status"]["transaction_id"] =
+        Value::String(transaction_id.into());
+    message
+}
+
 const STATUS_ACTIONS: &[&str] = &[
     "txn/status",
     "status",
@@ -818,23 +830,10 @@ pub async fn txn_status(
 ) -> Result<Json<Value>, G2pError> {
     let body = body_bytes(&state, body)?;
     let incoming = open(&state.senders, &headers, &body, STATUS_ACTIONS)?;
-    let Some(base) = callback_base(&incoming).filter(|u| valid_base(u)) else {
-        return Err(refuse(
-            StatusCode::BAD_REQUEST,
-            "err.sender_uri.invalid",
-            "header.sender_uri must be an http(s) URL to send on-status to",
-        ));
-    };
+    let base = required_base(&incoming, "on-status")?;
     let (transaction_id, correlation_id, items) = status_items(&state, &incoming).await?;
-    let request_txn = incoming
-        .message
-        .get("transaction_id")
-        .and_then(Value::as_str)
-        .unwrap_or(&transaction_id)
-        .to_string();
     let now = now_ms();
-    let mut message = report::txn_status_response(&request_txn, &correlation_id, items.clone());
-    message["txnstatus_response"]["txn_status"]["transaction_id"] = Value::String(transaction_id);
+    let message = status_message(&incoming, &transaction_id, &correlation_id, &items);
     let header = report::callback_header("on-disburse", &incoming.sender.id, &items, now);
     let row = NewOutbox {
         sender_id: incoming.sender.id.clone(),
@@ -866,14 +865,7 @@ pub async fn sync_txn_status(
     let body = body_bytes(&state, body)?;
     let incoming = open(&state.senders, &headers, &body, STATUS_ACTIONS)?;
     let (transaction_id, correlation_id, items) = status_items(&state, &incoming).await?;
-    let request_txn = incoming
-        .message
-        .get("transaction_id")
-        .and_then(Value::as_str)
-        .unwrap_or(&transaction_id)
-        .to_string();
-    let mut message = report::txn_status_response(&request_txn, &correlation_id, items.clone());
-    message["txnstatus_response"]["txn_status"]["transaction_id"] = Value::String(transaction_id);
+    let message = status_message(&incoming, &transaction_id, &correlation_id, &items);
     Ok(signed(&state, &incoming.sender.id, message, &items))
 }
 

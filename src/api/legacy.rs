@@ -77,6 +77,19 @@ fn text_of(v: Option<&Value>) -> Option<String> {
     v.and_then(Value::as_str).map(str::to_string)
 }
 
+/// The `(payeeIdType, payeeIdValue)` pairs to look up in the directory.
+fn directory_keys(payees: &[Value]) -> Vec<(String, String)> {
+    payees
+        .iter()
+        .filter_map(|p| {
+            Some((
+                text_of(p.get("payeeIdType"))?,
+                text_of(p.get("payeeIdValue"))?,
+            ))
+        })
+        .collect()
+}
+
 /// The content a replay must match: payees as sent (amounts compared exactly) and the note.
 fn request_hash(id: &str, note: Option<&str>, payees: &[Value]) -> String {
     let mut h = Sha256::new();
@@ -120,16 +133,7 @@ async fn rows(
         max_amount: state.settings.max_amount,
         max_payments: MAX_PAYEES,
     };
-    let keys: Vec<(String, String)> = payees
-        .iter()
-        .filter_map(|p| {
-            Some((
-                text_of(p.get("payeeIdType"))?,
-                text_of(p.get("payeeIdValue"))?,
-            ))
-        })
-        .collect();
-    let found = directory::resolve(state.store.as_ref(), &keys).await?;
+    let found = directory::resolve(state.store.as_ref(), &directory_keys(payees)).await?;
     let mut out = Vec::with_capacity(payees.len());
     for (i, p) in payees.iter().enumerate() {
         let item = Item {
@@ -234,21 +238,6 @@ async fn view(state: &AppState, batch: &BatchRecord) -> Result<DisbursementRespo
     })
 }
 
-/// Waits until every payment of the batch is final or the deadline passes.
-async fn wait_final(state: &AppState, batch_id: &str, deadline: Duration) -> Result<(), ApiError> {
-    let until = tokio::time::Instant::now() + deadline;
-    loop {
-        let totals = state.store.batch_totals(batch_id).await?;
-        if totals.iter().all(|t| t.count == 0 || t.status.is_final()) {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= until {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Submit a disbursement. Answers with one result per payee, in request order, once all are
 /// final or after the configured deadline (PENDING for the rest). Replaying the same body
 /// returns the current view and sends nothing again.
@@ -331,7 +320,7 @@ pub async fn disburse(
     };
     state.wake.notify_waiters();
     let deadline = Duration::from_millis(state.settings.legacy_deadline_ms);
-    wait_final(&state, &created.id, deadline).await?;
+    super::wait_final(state.store.as_ref(), &created.id, deadline).await?;
     Ok(Json(view(&state, &created).await?))
 }
 
@@ -433,16 +422,7 @@ pub async fn check(
             format!("payeeList must hold 1 to {MAX_PAYEES} payees"),
         ));
     }
-    let keys: Vec<(String, String)> = payees
-        .iter()
-        .filter_map(|p| {
-            Some((
-                text_of(p.get("payeeIdType"))?,
-                text_of(p.get("payeeIdValue"))?,
-            ))
-        })
-        .collect();
-    let found = directory::resolve(state.store.as_ref(), &keys).await?;
+    let found = directory::resolve(state.store.as_ref(), &directory_keys(&payees)).await?;
     let live = state.live.load_full();
     let now = now_ms();
     let route_ctx = live.routing_ctx(now);

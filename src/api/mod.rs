@@ -128,6 +128,25 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Waits until every payment of a batch is final or `wait` has passed (the synchronous APIs
+/// answer with whatever the batch holds then).
+pub(crate) async fn wait_final(
+    store: &dyn Store,
+    batch_id: &str,
+    wait: std::time::Duration,
+) -> Result<(), crate::store::StoreError> {
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        let totals = store.batch_totals(batch_id).await?;
+        if totals.iter().all(|t| t.count == 0 || t.status.is_final())
+            || tokio::time::Instant::now() >= until
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 async fn openapi() -> impl IntoResponse {
     Json(ApiDoc::openapi())
 }

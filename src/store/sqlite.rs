@@ -221,6 +221,38 @@ impl SqliteStore {
         row.as_ref().map(batch_from_row).transpose()
     }
 
+    /// Payments whose `column` is one of `values` (optionally of one sender), in chunks.
+    async fn payments_where_in(
+        &self,
+        column: &'static str,
+        values: &[String],
+        sender_id: Option<&str>,
+    ) -> StoreResult<Vec<Payment>> {
+        let mut found = Vec::new();
+        for chunk in values.chunks(500) {
+            let sql = format!(
+                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE {column} IN ({}){}",
+                vec!["?"; chunk.len()].join(","),
+                if sender_id.is_some() {
+                    " AND sender_id = ?"
+                } else {
+                    ""
+                }
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for v in chunk {
+                q = q.bind(v);
+            }
+            if let Some(sender) = sender_id {
+                q = q.bind(sender);
+            }
+            for row in q.fetch_all(&self.reader).await? {
+                found.push(payment_from_row(&row)?);
+            }
+        }
+        Ok(found)
+    }
+
     async fn existing_references_of(
         &self,
         sender_id: &str,
@@ -426,39 +458,12 @@ impl Store for SqliteStore {
         sender_id: &str,
         references: &[String],
     ) -> StoreResult<Vec<Payment>> {
-        let mut found = Vec::new();
-        for chunk in references.chunks(500) {
-            let sql = format!(
-                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE sender_id = ? AND reference_id IN ({})",
-                vec!["?"; chunk.len()].join(",")
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(sender_id);
-            for r in chunk {
-                q = q.bind(r);
-            }
-            for row in q.fetch_all(&self.reader).await? {
-                found.push(payment_from_row(&row)?);
-            }
-        }
-        Ok(found)
+        self.payments_where_in("reference_id", references, Some(sender_id))
+            .await
     }
 
     async fn payments_by_ids(&self, ids: &[String]) -> StoreResult<Vec<Payment>> {
-        let mut found = Vec::new();
-        for chunk in ids.chunks(500) {
-            let sql = format!(
-                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id IN ({})",
-                vec!["?"; chunk.len()].join(",")
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for id in chunk {
-                q = q.bind(id);
-            }
-            for row in q.fetch_all(&self.reader).await? {
-                found.push(payment_from_row(&row)?);
-            }
-        }
-        Ok(found)
+        self.payments_where_in("id", ids, None).await
     }
 
     async fn last_event_id(&self) -> StoreResult<i64> {
@@ -821,20 +826,7 @@ impl Store for SqliteStore {
         .bind(owner)
         .fetch_all(&self.writer)
         .await?;
-        let mut payments = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(INSERT_CHUNK) {
-            let sql = format!(
-                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id IN ({})",
-                vec!["?"; chunk.len()].join(",")
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for id in chunk {
-                q = q.bind(id);
-            }
-            for row in q.fetch_all(&self.reader).await? {
-                payments.push(payment_from_row(&row)?);
-            }
-        }
+        let mut payments = self.payments_where_in("id", &ids, None).await?;
         payments.sort_by(|x, y| x.batch_id.cmp(&y.batch_id).then(x.seq.cmp(&y.seq)));
         Ok(payments)
     }
