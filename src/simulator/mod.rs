@@ -4,6 +4,7 @@
 //! Behaviour is deterministic by payee id (see [`trigger`]) and every submission and real
 //! execution is counted per payment reference so tests can prove nothing was paid twice.
 
+mod gsma;
 mod mojaloop;
 mod mtn;
 
@@ -44,7 +45,7 @@ pub struct SimConfig {
     pub callback_delay_ms: u64,
     /// Seed of the random generator behind the probability knobs.
     pub seed: u64,
-    /// MTN access token lifetime in seconds.
+    /// MTN and GSMA access token lifetime in seconds.
     pub token_ttl_s: u64,
     pub mtn_api_user: String,
     pub mtn_api_key: String,
@@ -268,6 +269,7 @@ struct Inner {
     generation: AtomicU64,
     mtn: Mutex<mtn::MtnState>,
     mojaloop: Mutex<mojaloop::MojaState>,
+    gsma: Mutex<gsma::GsmaState>,
     client: reqwest::Client,
 }
 
@@ -304,6 +306,7 @@ impl Simulator {
                 generation: AtomicU64::new(0),
                 mtn: Mutex::new(mtn::MtnState::default()),
                 mojaloop: Mutex::new(mojaloop::MojaState::default()),
+                gsma: Mutex::new(gsma::GsmaState::default()),
                 client,
             }),
         }
@@ -317,6 +320,7 @@ impl Simulator {
             .route("/_sim/reset", post(reset))
             .merge(mtn::routes())
             .merge(mojaloop::routes())
+            .merge(gsma::routes())
             .layer(middleware::from_fn_with_state(self.clone(), count_request))
             .with_state(self.clone())
     }
@@ -337,6 +341,7 @@ impl Simulator {
         self.inner.generation.fetch_add(1, Ordering::SeqCst);
         *lock(&self.inner.mtn) = mtn::MtnState::default();
         *lock(&self.inner.mojaloop) = mojaloop::MojaState::default();
+        *lock(&self.inner.gsma) = gsma::GsmaState::default();
         *lock(&self.inner.stats) = SimStats::default();
         let seed = self.config().seed;
         *lock(&self.inner.rng) = fastrand::Rng::with_seed(seed);

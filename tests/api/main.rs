@@ -6,6 +6,7 @@ mod check;
 mod crash;
 mod flow;
 mod g2p;
+mod gsma;
 mod helpers;
 mod legacy;
 mod mojaloop;

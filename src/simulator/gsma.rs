@@ -1,0 +1,1322 @@
+//! Fake GSMA Mobile Money API 1.2 single disbursements (`specs/gsma-mmapi-1.2.0-disbursements.yaml`):
+//! `POST /transactions/type/disbursement` answered `202` with a request-state object, the outcome
+//! later by `PUT {X-Callback-URL}` (the transaction object, or an error object), and the lookups
+//! `GET /requeststates/{serverCorrelationId}`, `GET /transactions/{transactionReference}` and
+//! `GET /responses/{clientCorrelationId}`.
+//!
+//! Auth as in GSMA's sandbox: an OAuth2 client-credentials token from `POST /v1/oauth/accesstoken`
+//! (Basic consumer key:secret, lifetime `token_ttl_s`) plus `X-API-Key` on every call; tokens can
+//! be revoked mid-run through `POST /_sim/gsma/tokens/revoke`. A reused `X-CorrelationID` is
+//! refused with `businessRule/duplicateRequest` and never executed again. Submissions and
+//! executions are counted per `requestingOrganisationTransactionReference` (PIL's payment id),
+//! or per `X-CorrelationID` when a request has none.
+//!
+//! Payee triggers (see [`super::trigger`]), by the credit party's MSISDN:
+//! - refused at once, nothing stored: 455 payer / 475 payee not found (404
+//!   `identification/identifierError`), 457 limit reached (400
+//!   `businessRule/dailyValueLimitExceeded`), 460 (400 `validation/currencyNotSupported`), 474
+//!   (400 `businessRule/rateLimitError` once per X-CorrelationID), 450 (500, not executed);
+//! - accepted, then failed with an error-object callback: 451/452 `requestDeclined`, 456
+//!   `maxBalanceExceeded`, 476 `insufficientFunds`;
+//! - 453 pending forever; 454 completed a second late; 471 callback lost; 472 callback sent twice;
+//!   473 callback sent before the 202;
+//! - 470 executed at once, but the answer comes only after `hang_ms` and no callback is sent;
+//!   461 executed at once, answered 500 and no callback (the spec's "Missing Response Retrieval"
+//!   example: a proxy error after the provider completed the request).
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use rust_decimal::Decimal;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use super::{Chaos, Simulator, Trigger, bump, json_response, lock, sleep_ms, trigger};
+
+/// Credentials the simulator accepts: the defaults of `adapters/gsma-mmapi/adapter.toml`.
+const CONSUMER_KEY: &str = "pil-sim-gsma-client";
+const CONSUMER_SECRET: &str = "pil-sim-gsma-secret";
+const API_KEY: &str = "pil-sim-gsma-api-key";
+
+/// The account debited when a request names no debit party.
+const DEFAULT_DEBIT_ACCOUNT: &str = "sim-disbursement-account";
+
+#[derive(Default)]
+pub(super) struct GsmaState {
+    /// Access token -> expiry.
+    tokens: HashMap<String, Instant>,
+    tokens_issued: u64,
+    /// Business calls refused for missing, unknown, expired or revoked credentials.
+    auth_refused: u64,
+    /// X-CorrelationID -> request.
+    requests: HashMap<String, Request>,
+    /// serverCorrelationId -> X-CorrelationID.
+    by_server_id: HashMap<String, String>,
+    /// transactionReference -> X-CorrelationID.
+    by_transaction: HashMap<String, String>,
+    /// X-CorrelationIDs already refused once by the 474 trigger.
+    throttled: HashSet<String>,
+}
+
+/// A GSMA error: the HTTP status it is answered with, `errorCategory`, `errorCode`, text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct GsmaError {
+    status: StatusCode,
+    category: &'static str,
+    code: &'static str,
+    description: &'static str,
+}
+
+const fn gsma_error(
+    status: StatusCode,
+    category: &'static str,
+    code: &'static str,
+    description: &'static str,
+) -> GsmaError {
+    GsmaError {
+        status,
+        category,
+        code,
+        description,
+    }
+}
+
+const INTERNAL: GsmaError = gsma_error(
+    StatusCode::INTERNAL_SERVER_ERROR,
+    "internal",
+    "genericError",
+    "An internal error occurred.",
+);
+const RATE_LIMITED: GsmaError = gsma_error(
+    StatusCode::BAD_REQUEST,
+    "businessRule",
+    "rateLimitError",
+    "Too many requests; try again later.",
+);
+
+/// Triggers refused at submission: nothing is stored or executed.
+fn refusal(t: Trigger) -> Option<GsmaError> {
+    use StatusCode as S;
+    match t {
+        Trigger::PayerNotFound => Some(gsma_error(
+            S::NOT_FOUND,
+            "identification",
+            "identifierError",
+            "The debit party could not be identified.",
+        )),
+        Trigger::PayeeNotFound => Some(gsma_error(
+            S::NOT_FOUND,
+            "identification",
+            "identifierError",
+            "The credit party could not be identified.",
+        )),
+        Trigger::NotAllowed => Some(gsma_error(
+            S::BAD_REQUEST,
+            "businessRule",
+            "dailyValueLimitExceeded",
+            "The daily value limit has been reached.",
+        )),
+        Trigger::InvalidCurrency => Some(gsma_error(
+            S::BAD_REQUEST,
+            "validation",
+            "currencyNotSupported",
+            "The currency is not supported.",
+        )),
+        Trigger::InternalError => Some(INTERNAL),
+        _ => None,
+    }
+}
+
+/// Triggers accepted (202) and failed later, with this error as the callback body.
+fn later_failure(t: Trigger) -> Option<GsmaError> {
+    let failed =
+        |code, description| gsma_error(StatusCode::BAD_REQUEST, "businessRule", code, description);
+    match t {
+        Trigger::ApprovalRejected => Some(failed("requestDeclined", "The request was declined.")),
+        Trigger::Expired => Some(failed(
+            "requestDeclined",
+            "The request expired before it was approved.",
+        )),
+        Trigger::PayeeNotAllowed => Some(failed(
+            "maxBalanceExceeded",
+            "The credit party's account would exceed its maximum balance.",
+        )),
+        Trigger::NotEnoughFunds => Some(failed(
+            "insufficientFunds",
+            "The debit party has insufficient funds.",
+        )),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    Pending,
+    Completed,
+    Failed(GsmaError),
+}
+
+struct Request {
+    server_id: String,
+    /// What submissions and executions are counted by.
+    reference: String,
+    trigger: Option<Trigger>,
+    /// The validated request fields the transaction object echoes.
+    echo: Map<String, Value>,
+    callback: Option<String>,
+    state: Progress,
+    transaction_reference: Option<String>,
+    created: String,
+    modified: String,
+}
+
+impl Request {
+    /// `requestStateObject`.
+    fn state_json(&self) -> Value {
+        let mut v = json!({
+            "serverCorrelationId": self.server_id,
+            "status": match self.state {
+                Progress::Pending => "pending",
+                Progress::Completed => "completed",
+                Progress::Failed(_) => "failed",
+            },
+            "notificationMethod": if self.callback.is_some() { "callback" } else { "polling" },
+            "pollLimit": 100,
+        });
+        if let Some(r) = &self.transaction_reference {
+            v["objectReference"] = json!(r);
+        }
+        if let Progress::Failed(e) = self.state {
+            v["error"] = error_json(&e, None);
+        }
+        v
+    }
+
+    /// `responseTransaction`: the request's fields plus what the provider adds.
+    fn transaction_json(&self) -> Value {
+        let mut v = Value::Object(self.echo.clone());
+        v["type"] = json!("disbursement");
+        v["transactionStatus"] = json!(match self.state {
+            Progress::Completed => "completed",
+            Progress::Failed(_) => "failed",
+            Progress::Pending => "pending",
+        });
+        if let Some(r) = &self.transaction_reference {
+            v["transactionReference"] = json!(r);
+            v["transactionReceipt"] = json!(format!("RCPT-{}", &r[..8.min(r.len())]));
+        }
+        v["creationDate"] = json!(self.created);
+        v["modificationDate"] = json!(self.modified);
+        v
+    }
+
+    /// The body of the final callback.
+    fn callback_json(&self) -> Value {
+        match self.state {
+            Progress::Failed(e) => error_json(&e, None),
+            _ => self.transaction_json(),
+        }
+    }
+}
+
+pub(super) fn routes() -> Router<Simulator> {
+    Router::new()
+        .route("/v1/oauth/accesstoken", post(token))
+        .route("/transactions/type/{transaction_type}", post(submit))
+        .route(
+            "/transactions/{transaction_reference}",
+            get(view_transaction),
+        )
+        .route(
+            "/requeststates/{server_correlation_id}",
+            get(view_request_state),
+        )
+        .route("/responses/{client_correlation_id}", get(view_response))
+        .route("/_sim/gsma/tokens", get(token_stats))
+        .route("/_sim/gsma/tokens/revoke", post(revoke_tokens))
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Every answer carries `X-Date`, as the spec's response headers say.
+fn dated(mut resp: Response) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&now_rfc3339()) {
+        resp.headers_mut().insert("x-date", v);
+    }
+    resp
+}
+
+/// `errorObject`; `parameter` becomes `errorParameters` (the field at fault).
+fn error_json(e: &GsmaError, parameter: Option<(&str, &str)>) -> Value {
+    let mut v = json!({
+        "errorCategory": e.category,
+        "errorCode": e.code,
+        "errordescription": e.description,
+        "errorDateTime": now_rfc3339(),
+    });
+    if let Some((key, value)) = parameter {
+        v["errorParameters"] = json!([{"key": key, "value": value}]);
+    }
+    v
+}
+
+/// An error answer (kept small so `Result<_, Fail>` stays cheap).
+struct Fail(Box<(StatusCode, Value)>);
+
+impl Fail {
+    fn of(e: GsmaError) -> Fail {
+        Fail(Box::new((e.status, error_json(&e, None))))
+    }
+
+    fn with_parameter(e: GsmaError, key: &str, value: &str) -> Fail {
+        Fail(Box::new((e.status, error_json(&e, Some((key, value))))))
+    }
+}
+
+impl IntoResponse for Fail {
+    fn into_response(self) -> Response {
+        let (status, body) = *self.0;
+        json_response(status, body)
+    }
+}
+
+fn invalid(code: &'static str, key: &str, value: &str) -> Fail {
+    let description = match code {
+        "mandatoryValueNotSupplied" => "A mandatory value was not supplied.",
+        "lengthError" => "A value has an invalid length.",
+        _ => "A value has an invalid format.",
+    };
+    Fail::with_parameter(
+        gsma_error(StatusCode::BAD_REQUEST, "validation", code, description),
+        key,
+        value,
+    )
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `Some(rest)` when `value` starts with `scheme ` (scheme case-insensitive).
+fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let (s, rest) = value.split_once(' ')?;
+    s.eq_ignore_ascii_case(scheme).then(|| rest.trim())
+}
+
+async fn token(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) -> Response {
+    let resp = issue_token(&sim, &headers, &body);
+    sim.latency().await;
+    resp
+}
+
+/// OAuth2 client credentials (RFC 6749 §4.4): its own error shape, not GSMA's error object.
+fn issue_token(sim: &Simulator, headers: &HeaderMap, body: &[u8]) -> Response {
+    let credentials = header_str(headers, header::AUTHORIZATION.as_str())
+        .and_then(|v| strip_scheme(v, "Basic"))
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok());
+    let expected = format!("{CONSUMER_KEY}:{CONSUMER_SECRET}");
+    if credentials.as_deref() != Some(expected.as_bytes()) {
+        return json_response(StatusCode::UNAUTHORIZED, json!({"error": "invalid_client"}));
+    }
+    let form = String::from_utf8_lossy(body);
+    if !form
+        .split('&')
+        .any(|kv| kv == "grant_type=client_credentials")
+    {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "unsupported_grant_type"}),
+        );
+    }
+    let ttl = sim.config().token_ttl_s;
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let now = Instant::now();
+    {
+        let mut st = lock(&sim.inner.gsma);
+        st.tokens.retain(|_, exp| *exp > now);
+        st.tokens
+            .insert(token.clone(), now + Duration::from_secs(ttl));
+        st.tokens_issued += 1;
+    }
+    json_response(
+        StatusCode::OK,
+        json!({"access_token": token, "token_type": "Bearer", "expires_in": ttl}),
+    )
+}
+
+/// A valid, unexpired Bearer token and the right X-API-Key, or 401 `authorisation`.
+fn check_access(sim: &Simulator, headers: &HeaderMap) -> Result<(), Fail> {
+    let token = header_str(headers, header::AUTHORIZATION.as_str())
+        .and_then(|v| strip_scheme(v, "Bearer"))
+        .unwrap_or("");
+    let mut st = lock(&sim.inner.gsma);
+    let token_ok = st
+        .tokens
+        .get(token)
+        .is_some_and(|exp| *exp > Instant::now());
+    if token_ok && header_str(headers, "x-api-key") == Some(API_KEY) {
+        return Ok(());
+    }
+    st.auth_refused += 1;
+    Err(Fail::of(gsma_error(
+        StatusCode::UNAUTHORIZED,
+        "authorisation",
+        "clientAuthorisationError",
+        "Missing, unknown, expired or revoked credentials.",
+    )))
+}
+
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36 && uuid::Uuid::parse_str(s).is_ok()
+}
+
+/// The disbursement spec's amount pattern `^([0]|([1-9][0-9]{0,17}))([.][0-9]{0,3}[1-9])?$`:
+/// no leading zeros, at most four decimals, no trailing zero after the point ("200.00" fails).
+fn spec_amount(s: &str) -> bool {
+    let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    let (int, frac) = match s.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (s, None),
+    };
+    let int_ok =
+        int == "0" || (!int.is_empty() && int.len() <= 18 && !int.starts_with('0') && digits(int));
+    let frac_ok = frac.is_none_or(|f| (1..=4).contains(&f.len()) && digits(f) && !f.ends_with('0'));
+    int_ok && frac_ok
+}
+
+/// GSMA's MSISDN format: an optional '+' then 7 to 16 digits.
+fn valid_msisdn(s: &str) -> bool {
+    let digits = s.strip_prefix('+').unwrap_or(s);
+    (7..=16).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `creditPartyArray` / `debitPartyArray`: 1 to 10 `{key, value}` strings of 1 to 256 chars.
+fn parties(v: Option<&Value>, name: &str) -> Result<Option<Vec<(String, String)>>, Fail> {
+    let Some(v) = v else {
+        return Ok(None);
+    };
+    let items = v
+        .as_array()
+        .filter(|a| (1..=10).contains(&a.len()))
+        .ok_or_else(|| invalid("formatError", name, "1 to 10 key/value identifiers"))?;
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let text = |k: &str| {
+            item.get(k)
+                .and_then(Value::as_str)
+                .filter(|s| (1..=256).contains(&s.chars().count()))
+                .map(str::to_owned)
+        };
+        let (Some(key), Some(value)) = (text("key"), text("value")) else {
+            return Err(invalid(
+                "formatError",
+                name,
+                "key and value must be strings",
+            ));
+        };
+        if key == "msisdn" && !valid_msisdn(&value) {
+            return Err(invalid("formatError", name, "msisdn"));
+        }
+        out.push((key, value));
+    }
+    Ok(Some(out))
+}
+
+fn parties_json(parties: &[(String, String)]) -> Value {
+    Value::Array(
+        parties
+            .iter()
+            .map(|(k, v)| json!({"key": k, "value": v}))
+            .collect(),
+    )
+}
+
+/// A validated `requestTransactionType` body.
+struct Submission {
+    payee: String,
+    reference: Option<String>,
+    echo: Map<String, Value>,
+}
+
+fn parse_body(body: &[u8]) -> Result<Submission, Fail> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|_| invalid("formatError", "body", "not JSON"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| invalid("formatError", "body", "not an object"))?;
+    let amount = match obj.get("amount") {
+        None => return Err(invalid("mandatoryValueNotSupplied", "amount", "missing")),
+        Some(Value::String(s))
+            if spec_amount(s) && Decimal::from_str(s).is_ok_and(|d| d > Decimal::ZERO) =>
+        {
+            s.clone()
+        }
+        Some(_) => {
+            return Err(invalid(
+                "formatError",
+                "amount",
+                "a string such as \"15.2\"",
+            ));
+        }
+    };
+    let currency = match obj.get("currency") {
+        None => return Err(invalid("mandatoryValueNotSupplied", "currency", "missing")),
+        Some(Value::String(c)) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) => {
+            c.clone()
+        }
+        Some(_) => return Err(invalid("formatError", "currency", "ISO 4217 code")),
+    };
+    let credit = parties(obj.get("creditParty"), "creditParty")?
+        .ok_or_else(|| invalid("mandatoryValueNotSupplied", "creditParty", "missing"))?;
+    let debit = parties(obj.get("debitParty"), "debitParty")?
+        .unwrap_or_else(|| vec![("accountid".into(), DEFAULT_DEBIT_ACCOUNT.into())]);
+    let optional_text = |key: &str, max: usize| -> Result<Option<String>, Fail> {
+        match obj.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) if s.chars().count() <= max => Ok(Some(s.clone())),
+            Some(_) => Err(invalid("lengthError", key, "too long or not a string")),
+        }
+    };
+    let reference = optional_text("requestingOrganisationTransactionReference", 256)?;
+    let description = optional_text("descriptionText", 160)?;
+    let sub_type = optional_text("subType", 256)?;
+    let request_date = optional_text("requestDate", 64)?;
+    if let Some(d) = &request_date
+        && chrono::DateTime::parse_from_rfc3339(d).is_err()
+    {
+        return Err(invalid("formatError", "requestDate", "date-time"));
+    }
+    let organisation = match obj.get("requestingOrganisation") {
+        None => None,
+        Some(o) => {
+            let kind = o
+                .get("requestingOrganisationIdentifierType")
+                .and_then(Value::as_str);
+            let id = o
+                .get("requestingOrganisationIdentifier")
+                .and_then(Value::as_str);
+            match (kind, id) {
+                (Some("lei" | "swiftbic" | "organisationid"), Some(id))
+                    if (1..=256).contains(&id.chars().count()) =>
+                {
+                    Some(o.clone())
+                }
+                _ => {
+                    return Err(invalid(
+                        "formatError",
+                        "requestingOrganisation",
+                        "identifier type and identifier",
+                    ));
+                }
+            }
+        }
+    };
+    let payee = credit
+        .iter()
+        .find(|(k, _)| k == "msisdn")
+        .or(credit.first())
+        .map(|(_, v)| v.trim_start_matches('+').to_owned())
+        .unwrap_or_default();
+    let mut echo = Map::new();
+    echo.insert("amount".into(), json!(amount));
+    echo.insert("currency".into(), json!(currency));
+    echo.insert("creditParty".into(), parties_json(&credit));
+    echo.insert("debitParty".into(), parties_json(&debit));
+    for (key, value) in [
+        ("requestingOrganisationTransactionReference", &reference),
+        ("descriptionText", &description),
+        ("subType", &sub_type),
+        ("requestDate", &request_date),
+    ] {
+        if let Some(v) = value {
+            echo.insert(key.into(), json!(v));
+        }
+    }
+    if let Some(o) = organisation {
+        echo.insert("requestingOrganisation".into(), o);
+    }
+    Ok(Submission {
+        payee,
+        reference,
+        echo,
+    })
+}
+
+/// Headers of a creation request: the X-CorrelationID and, when sent, a valid callback URL.
+fn request_headers(headers: &HeaderMap) -> Result<(String, Option<String>), Fail> {
+    let correlation_id = header_str(headers, "x-correlationid")
+        .map(str::trim)
+        .ok_or_else(|| invalid("mandatoryValueNotSupplied", "X-CorrelationID", "missing"))?;
+    if !is_uuid(correlation_id) {
+        return Err(invalid("formatError", "X-CorrelationID", "must be a UUID"));
+    }
+    if let Some(date) = header_str(headers, "x-date")
+        && chrono::DateTime::parse_from_rfc3339(date).is_err()
+        && chrono::DateTime::parse_from_rfc2822(date).is_err()
+    {
+        return Err(invalid("formatError", "X-Date", "date-time"));
+    }
+    let callback = match header_str(headers, "x-callback-url").map(str::trim) {
+        None | Some("") => None,
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            Some(url.to_owned())
+        }
+        Some(_) => return Err(invalid("formatError", "X-Callback-URL", "an http(s) URL")),
+    };
+    Ok((correlation_id.to_ascii_lowercase(), callback))
+}
+
+async fn submit(
+    State(sim): State<Simulator>,
+    Path(transaction_type): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let resp = match handle_submit(&sim, &transaction_type, &headers, &body).await {
+        Ok(r) => r,
+        Err(f) => f.into_response(),
+    };
+    sim.latency().await;
+    dated(resp)
+}
+
+async fn handle_submit(
+    sim: &Simulator,
+    transaction_type: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Fail> {
+    let cfg = sim.config();
+    check_access(sim, headers)?;
+    let (correlation_id, callback) = request_headers(headers)?;
+    if transaction_type != "disbursement" {
+        return Err(Fail::of(gsma_error(
+            StatusCode::BAD_REQUEST,
+            "businessRule",
+            "transactionTypeError",
+            "Only disbursements are served here.",
+        )));
+    }
+    let submission = parse_body(body)?;
+    let reference = submission
+        .reference
+        .clone()
+        .unwrap_or_else(|| correlation_id.clone());
+    sim.with_stats(|s| bump(&mut s.submissions, &reference));
+
+    let trig = trigger(&submission.payee);
+    let chaos = sim.chaos(trig, &cfg);
+    let accepted = {
+        let mut st = lock(&sim.inner.gsma);
+        if st.requests.contains_key(&correlation_id) {
+            return Err(Fail::of(gsma_error(
+                StatusCode::BAD_REQUEST,
+                "businessRule",
+                "duplicateRequest",
+                "A request with this X-CorrelationID was already received.",
+            )));
+        }
+        if let Some(e) = trig.and_then(refusal) {
+            return Err(Fail::of(e));
+        }
+        let throttle_once =
+            trig == Some(Trigger::RateLimitedOnce) && st.throttled.insert(correlation_id.clone());
+        if throttle_once || chaos == Chaos::Throttle429 {
+            return Err(Fail::of(RATE_LIMITED));
+        }
+        if chaos == Chaos::Fail500 {
+            return Err(Fail::of(INTERNAL));
+        }
+        let server_id = uuid::Uuid::new_v4().to_string();
+        let now = now_rfc3339();
+        st.by_server_id
+            .insert(server_id.clone(), correlation_id.clone());
+        let request = Request {
+            server_id,
+            reference,
+            trigger: trig,
+            echo: submission.echo,
+            callback,
+            state: Progress::Pending,
+            transaction_reference: None,
+            created: now.clone(),
+            modified: now,
+        };
+        let body = request.state_json();
+        st.requests.insert(correlation_id.clone(), request);
+        body
+    };
+
+    let generation = sim.generation();
+    let delay = cfg.latency_ms + cfg.callback_delay_ms;
+    let answered_late = trig == Some(Trigger::Timeout) || chaos == Chaos::Timeout;
+    if answered_late || trig == Some(Trigger::ProcessingError) {
+        // Executed now; the answer is lost (late or a 500) and so is the callback.
+        settle(sim, &correlation_id);
+        if !answered_late {
+            return Err(Fail::of(INTERNAL));
+        }
+        sleep_ms(cfg.hang_ms).await;
+        return Ok(json_response(
+            StatusCode::ACCEPTED,
+            current_state(sim, &correlation_id).unwrap_or(accepted),
+        ));
+    }
+    if trig == Some(Trigger::CallbackBeforeResponse) {
+        // Spawned so a client disconnect cannot stop it; awaited so the callback precedes the 202.
+        let task = outcome(
+            sim.clone(),
+            correlation_id.clone(),
+            cfg.callback_delay_ms,
+            generation,
+        );
+        if let Err(e) = tokio::spawn(task).await {
+            tracing::warn!(error = %e, "simulator outcome task failed");
+        }
+        return Ok(json_response(
+            StatusCode::ACCEPTED,
+            current_state(sim, &correlation_id).unwrap_or(accepted),
+        ));
+    }
+    let delay = if trig == Some(Trigger::SlowSuccess) {
+        delay + 1000
+    } else {
+        delay
+    };
+    tokio::spawn(outcome(sim.clone(), correlation_id, delay, generation));
+    Ok(json_response(StatusCode::ACCEPTED, accepted))
+}
+
+fn current_state(sim: &Simulator, correlation_id: &str) -> Option<Value> {
+    lock(&sim.inner.gsma)
+        .requests
+        .get(correlation_id)
+        .map(Request::state_json)
+}
+
+/// Decides a pending request (once): completed (money moves, counted) or failed.
+fn settle(sim: &Simulator, correlation_id: &str) {
+    let executed = {
+        let mut guard = lock(&sim.inner.gsma);
+        let st = &mut *guard;
+        let Some(r) = st.requests.get_mut(correlation_id) else {
+            return;
+        };
+        if r.state != Progress::Pending {
+            return;
+        }
+        r.modified = now_rfc3339();
+        match r.trigger.and_then(later_failure) {
+            Some(e) => {
+                r.state = Progress::Failed(e);
+                None
+            }
+            None => {
+                let transaction = uuid::Uuid::new_v4().to_string();
+                st.by_transaction
+                    .insert(transaction.clone(), correlation_id.to_owned());
+                r.transaction_reference = Some(transaction);
+                r.state = Progress::Completed;
+                Some(r.reference.clone())
+            }
+        }
+    };
+    if let Some(reference) = executed {
+        sim.with_stats(|s| bump(&mut s.executed, &reference));
+    }
+}
+
+/// Background outcome: after `delay_ms`, settle and deliver the callback (if a URL was given).
+async fn outcome(sim: Simulator, correlation_id: String, delay_ms: u64, generation: u64) {
+    sleep_ms(delay_ms).await;
+    if sim.generation() != generation {
+        return;
+    }
+    let trig = lock(&sim.inner.gsma)
+        .requests
+        .get(&correlation_id)
+        .and_then(|r| r.trigger);
+    if trig == Some(Trigger::PendingForever) {
+        return;
+    }
+    settle(&sim, &correlation_id);
+    let (body, url) = {
+        let st = lock(&sim.inner.gsma);
+        let Some(r) = st.requests.get(&correlation_id) else {
+            return;
+        };
+        (r.callback_json(), r.callback.clone())
+    };
+    let Some(url) = url else {
+        return; // polling: the client asked for no callback
+    };
+    let copies = match trig {
+        Some(Trigger::CallbackLost) => 0,
+        Some(Trigger::CallbackDuplicated) => 2,
+        Some(_) => 1,
+        None => {
+            let cfg = sim.config();
+            if sim.roll() < cfg.callback_loss_rate {
+                0
+            } else if sim.roll() < cfg.callback_dup_rate {
+                2
+            } else {
+                1
+            }
+        }
+    };
+    if copies == 0 {
+        sim.with_stats(|s| s.callbacks_lost += 1);
+        return;
+    }
+    let bytes = body.to_string().into_bytes();
+    let hash = hex::encode(Sha256::digest(&bytes));
+    for _ in 0..copies {
+        sim.with_stats(|s| s.callbacks_sent += 1);
+        let sent = sim
+            .inner
+            .client
+            .put(&url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("X-CorrelationID", &correlation_id)
+            .header("X-Date", now_rfc3339())
+            .header("X-Content-Hash", &hash)
+            .body(bytes.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(r) if !r.status().is_success() => {
+                tracing::warn!(%url, status = %r.status(), "GSMA callback rejected by receiver");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%url, error = %e, "GSMA callback delivery failed"),
+        }
+    }
+}
+
+fn not_found(what: &str) -> Fail {
+    Fail::with_parameter(
+        gsma_error(
+            StatusCode::NOT_FOUND,
+            "identification",
+            "identifierError",
+            "The resource could not be found.",
+        ),
+        what,
+        "not found",
+    )
+}
+
+/// A lookup: counted, access-checked, answered from the state.
+async fn lookup(
+    sim: &Simulator,
+    headers: &HeaderMap,
+    find: impl FnOnce(&GsmaState) -> Result<Value, Fail>,
+) -> Response {
+    sim.with_stats(|s| s.status_queries += 1);
+    let resp = match check_access(sim, headers).and_then(|()| find(&lock(&sim.inner.gsma))) {
+        Ok(v) => json_response(StatusCode::OK, v),
+        Err(f) => f.into_response(),
+    };
+    sim.latency().await;
+    dated(resp)
+}
+
+async fn view_request_state(
+    State(sim): State<Simulator>,
+    Path(server_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    lookup(&sim, &headers, |st| {
+        st.by_server_id
+            .get(&server_id)
+            .and_then(|c| st.requests.get(c))
+            .map(Request::state_json)
+            .ok_or_else(|| not_found("serverCorrelationId"))
+    })
+    .await
+}
+
+async fn view_transaction(
+    State(sim): State<Simulator>,
+    Path(reference): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    lookup(&sim, &headers, |st| {
+        st.by_transaction
+            .get(&reference)
+            .and_then(|c| st.requests.get(c))
+            .map(Request::transaction_json)
+            .ok_or_else(|| not_found("transactionReference"))
+    })
+    .await
+}
+
+/// `GET /responses/{clientCorrelationId}`: a link to the transaction once it exists, to the
+/// request state before (or when the request failed); 404 when the id was never received.
+async fn view_response(
+    State(sim): State<Simulator>,
+    Path(correlation_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let key = correlation_id.trim().to_ascii_lowercase();
+    lookup(&sim, &headers, |st| {
+        let r = st
+            .requests
+            .get(&key)
+            .ok_or_else(|| not_found("clientCorrelationId"))?;
+        let link = match &r.transaction_reference {
+            Some(t) => format!("/transactions/{t}"),
+            None => format!("/requeststates/{}", r.server_id),
+        };
+        Ok(json!({"link": link}))
+    })
+    .await
+}
+
+async fn token_stats(State(sim): State<Simulator>) -> Response {
+    let st = lock(&sim.inner.gsma);
+    json_response(
+        StatusCode::OK,
+        json!({"issued": st.tokens_issued, "live": st.tokens.len(), "refused": st.auth_refused}),
+    )
+}
+
+/// Revokes every token issued so far, as a provider rotating its keys would: the next business
+/// call with one of them is refused with 401.
+async fn revoke_tokens(State(sim): State<Simulator>) -> StatusCode {
+    lock(&sim.inner.gsma).tokens.clear();
+    StatusCode::NO_CONTENT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{RunningSimulator, SimConfig, spawn};
+    use super::*;
+    use tokio::sync::mpsc;
+
+    async fn start(cfg: SimConfig) -> (RunningSimulator, reqwest::Client) {
+        let sim = spawn(cfg, "127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("spawn");
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        (sim, http)
+    }
+
+    /// A callback receiver: its URL and the (X-CorrelationID, body) pairs it got.
+    async fn receiver() -> (
+        String,
+        mpsc::UnboundedReceiver<(String, Value)>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let app = Router::new().route(
+            "/cb",
+            axum::routing::put(
+                move |headers: HeaderMap, axum::Json(v): axum::Json<Value>| {
+                    let tx = tx.clone();
+                    async move {
+                        let id = header_str(&headers, "x-correlationid")
+                            .unwrap_or_default()
+                            .to_owned();
+                        let _ = tx.send((id, v));
+                        StatusCode::NO_CONTENT
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (format!("http://{addr}/cb"), rx, task)
+    }
+
+    async fn get_token(http: &reqwest::Client, base: &str) -> String {
+        let r = http
+            .post(format!("{base}/v1/oauth/accesstoken"))
+            .basic_auth(CONSUMER_KEY, Some(CONSUMER_SECRET))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials")
+            .send()
+            .await
+            .expect("token");
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(v["token_type"], "Bearer");
+        v["access_token"].as_str().expect("token").to_owned()
+    }
+
+    fn body(reference: &str, msisdn: &str) -> Value {
+        json!({"amount": "12.5", "currency": "KES",
+               "creditParty": [{"key": "msisdn", "value": msisdn}],
+               "debitParty": [{"key": "accountid", "value": "2999"}],
+               "requestingOrganisationTransactionReference": reference,
+               "descriptionText": "G2P"})
+    }
+
+    async fn post(
+        http: &reqwest::Client,
+        base: &str,
+        token: &str,
+        correlation_id: &str,
+        callback: Option<&str>,
+        body: &Value,
+    ) -> (u16, Value) {
+        let mut req = http
+            .post(format!("{base}/transactions/type/disbursement"))
+            .bearer_auth(token)
+            .header("X-API-Key", API_KEY)
+            .header("X-CorrelationID", correlation_id)
+            .json(body);
+        if let Some(cb) = callback {
+            req = req.header("X-Callback-URL", cb);
+        }
+        let r = req.send().await.expect("send");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(http: &reqwest::Client, base: &str, token: &str, path: &str) -> (u16, Value) {
+        let r = http
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .header("X-API-Key", API_KEY)
+            .send()
+            .await
+            .expect("get");
+        (r.status().as_u16(), r.json().await.expect("json"))
+    }
+
+    async fn next(rx: &mut mpsc::UnboundedReceiver<(String, Value)>) -> (String, Value) {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("callback in time")
+            .expect("callback")
+    }
+
+    fn new_id() -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+
+    #[test]
+    fn amounts_follow_the_disbursement_spec_pattern() {
+        for ok in ["0", "1", "12.5", "200", "0.0001", "999999999999999999.9999"] {
+            assert!(spec_amount(ok), "{ok}");
+        }
+        for bad in [
+            "200.00", "5.", ".5", "00.5", "01", "1.23456", "-1", "1e3", "",
+        ] {
+            assert!(!spec_amount(bad), "{bad}");
+        }
+        assert!(valid_msisdn("+46733123450") && valid_msisdn("256700000001"));
+        assert!(!valid_msisdn("+12345") && !valid_msisdn("2567-00"));
+    }
+
+    #[tokio::test]
+    async fn success_callback_lookups_and_duplicate_correlation_id() {
+        let (sim, http) = start(SimConfig::default()).await;
+        let base = sim.base_url();
+        let (cb, mut rx, _rt) = receiver().await;
+        let token = get_token(&http, &base).await;
+        let id = new_id();
+        let b = body("pay-1", "+256700000001");
+        let (code, state) = post(&http, &base, &token, &id, Some(&cb), &b).await;
+        assert_eq!(code, 202);
+        assert_eq!(state["status"], "pending");
+        assert_eq!(state["notificationMethod"], "callback");
+        let server_id = state["serverCorrelationId"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        let (cid, v) = next(&mut rx).await;
+        assert_eq!(cid, id);
+        assert_eq!(v["transactionStatus"], "completed");
+        assert_eq!(v["amount"], "12.5");
+        assert_eq!(v["requestingOrganisationTransactionReference"], "pay-1");
+        let reference = v["transactionReference"].as_str().expect("ref").to_owned();
+        assert_eq!(sim.simulator.stats().executed.get("pay-1"), Some(&1));
+
+        // The same X-CorrelationID again: refused, not executed again.
+        let (code, e) = post(&http, &base, &token, &id, Some(&cb), &b).await;
+        assert_eq!(
+            (code, e["errorCode"].as_str()),
+            (400, Some("duplicateRequest"))
+        );
+        assert_eq!(e["errorCategory"], "businessRule");
+
+        let (code, s) = get(&http, &base, &token, &format!("/requeststates/{server_id}")).await;
+        assert_eq!((code, s["status"].as_str()), (200, Some("completed")));
+        assert_eq!(s["objectReference"], reference.as_str());
+        let (code, l) = get(&http, &base, &token, &format!("/responses/{id}")).await;
+        assert_eq!(code, 200);
+        assert_eq!(l["link"], format!("/transactions/{reference}"));
+        let (code, t) = get(&http, &base, &token, &format!("/transactions/{reference}")).await;
+        assert_eq!(
+            (code, t["transactionStatus"].as_str()),
+            (200, Some("completed"))
+        );
+        let (code, e) = get(&http, &base, &token, &format!("/responses/{}", new_id())).await;
+        assert_eq!(
+            (code, e["errorCategory"].as_str()),
+            (404, Some("identification"))
+        );
+
+        let stats = sim.simulator.stats();
+        assert_eq!(stats.executed.get("pay-1"), Some(&1));
+        assert_eq!(stats.submissions.get("pay-1"), Some(&2));
+        assert_eq!(stats.callbacks_sent, 1);
+        assert_eq!(stats.status_queries, 4);
+    }
+
+    #[tokio::test]
+    async fn credentials_headers_and_amounts_are_checked() {
+        let (sim, http) = start(SimConfig {
+            token_ttl_s: 0,
+            ..SimConfig::default()
+        })
+        .await;
+        let base = sim.base_url();
+        let r = http
+            .post(format!("{base}/v1/oauth/accesstoken"))
+            .basic_auth(CONSUMER_KEY, Some("wrong"))
+            .body("grant_type=client_credentials")
+            .send()
+            .await
+            .expect("token");
+        assert_eq!(r.status(), 401);
+        // A token past its lifetime is refused.
+        let expired = get_token(&http, &base).await;
+        let b = body("e", "46733123000");
+        let (code, e) = post(&http, &base, &expired, &new_id(), None, &b).await;
+        assert_eq!(
+            (code, e["errorCode"].as_str()),
+            (401, Some("clientAuthorisationError"))
+        );
+
+        sim.simulator.set_config(SimConfig::default());
+        let token = get_token(&http, &base).await;
+        // X-API-Key is required besides the token.
+        let r = http
+            .post(format!("{base}/transactions/type/disbursement"))
+            .bearer_auth(&token)
+            .header("X-CorrelationID", new_id())
+            .json(&b)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 401);
+        // Revoked tokens are refused too.
+        let r = http
+            .post(format!("{base}/_sim/gsma/tokens/revoke"))
+            .send()
+            .await
+            .expect("revoke");
+        assert_eq!(r.status(), 204);
+        let (code, _) = post(&http, &base, &token, &new_id(), None, &b).await;
+        assert_eq!(code, 401);
+        let token = get_token(&http, &base).await;
+
+        let r = http
+            .post(format!("{base}/transactions/type/disbursement"))
+            .bearer_auth(&token)
+            .header("X-API-Key", API_KEY)
+            .json(&b)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 400);
+        let e: Value = r.json().await.expect("json");
+        assert_eq!(e["errorCode"], "mandatoryValueNotSupplied");
+        assert_eq!(e["errorParameters"][0]["key"], "X-CorrelationID");
+        let (code, e) = post(&http, &base, &token, "not-a-uuid", None, &b).await;
+        assert_eq!((code, e["errorCode"].as_str()), (400, Some("formatError")));
+        for amount in [json!("12.50"), json!(12.5), json!("0")] {
+            let mut bad = b.clone();
+            bad["amount"] = amount;
+            let (code, e) = post(&http, &base, &token, &new_id(), None, &bad).await;
+            assert_eq!(
+                (code, e["errorParameters"][0]["key"].as_str()),
+                (400, Some("amount"))
+            );
+        }
+        let tokens: Value = http
+            .get(format!("{base}/_sim/gsma/tokens"))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(tokens["issued"], 3);
+        assert_eq!(tokens["refused"], 3);
+        let stats = sim.simulator.stats();
+        assert!(stats.submissions.is_empty() && stats.executed.is_empty());
+    }
+
+    #[tokio::test]
+    async fn triggers_refuse_fail_later_or_stay_pending() {
+        let (sim, http) = start(SimConfig::default()).await;
+        let base = sim.base_url();
+        let (cb, mut rx, _rt) = receiver().await;
+        let token = get_token(&http, &base).await;
+
+        let (code, e) = post(
+            &http,
+            &base,
+            &token,
+            &new_id(),
+            Some(&cb),
+            &body("x475", "+46733123475"),
+        )
+        .await;
+        assert_eq!(
+            (code, e["errorCode"].as_str()),
+            (404, Some("identifierError"))
+        );
+        let (code, e) = post(
+            &http,
+            &base,
+            &token,
+            &new_id(),
+            Some(&cb),
+            &body("x450", "46733123450"),
+        )
+        .await;
+        assert_eq!((code, e["errorCategory"].as_str()), (500, Some("internal")));
+
+        let (code, _) = post(
+            &http,
+            &base,
+            &token,
+            &new_id(),
+            Some(&cb),
+            &body("x476", "46733123476"),
+        )
+        .await;
+        assert_eq!(code, 202);
+        let (_, v) = next(&mut rx).await;
+        assert_eq!(v["errorCode"], "insufficientFunds");
+        assert_eq!(v["errorCategory"], "businessRule");
+
+        // Pending forever, polled without a callback URL.
+        let pending = new_id();
+        let (code, state) = post(
+            &http,
+            &base,
+            &token,
+            &pending,
+            None,
+            &body("x453", "46733123453"),
+        )
+        .await;
+        assert_eq!(
+            (code, state["notificationMethod"].as_str()),
+            (202, Some("polling"))
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (_, l) = get(&http, &base, &token, &format!("/responses/{pending}")).await;
+        let link = l["link"].as_str().expect("link");
+        assert_eq!(
+            link,
+            format!(
+                "/requeststates/{}",
+                state["serverCorrelationId"].as_str().expect("id")
+            )
+        );
+        let (_, s) = get(&http, &base, &token, link).await;
+        assert_eq!(s["status"], "pending");
+
+        // 474: throttled once per X-CorrelationID, then accepted.
+        let id = new_id();
+        let b = body("x474", "46733123474");
+        let (code, e) = post(&http, &base, &token, &id, None, &b).await;
+        assert_eq!(
+            (code, e["errorCode"].as_str()),
+            (400, Some("rateLimitError"))
+        );
+        let (code, _) = post(&http, &base, &token, &id, None, &b).await;
+        assert_eq!(code, 202);
+
+        // 461: executed, yet answered 500 and no callback; /responses finds it.
+        let id = new_id();
+        let (code, _) = post(
+            &http,
+            &base,
+            &token,
+            &id,
+            Some(&cb),
+            &body("x461", "46733123461"),
+        )
+        .await;
+        assert_eq!(code, 500);
+        let (_, l) = get(&http, &base, &token, &format!("/responses/{id}")).await;
+        assert!(
+            l["link"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("/transactions/")),
+            "{l}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(rx.try_recv().is_err(), "no callback after a 500");
+
+        let stats = sim.simulator.stats();
+        for r in ["x475", "x450", "x476", "x453"] {
+            assert_eq!(stats.executed.get(r), None, "{r}");
+        }
+        assert_eq!(stats.executed.get("x474"), Some(&1));
+        assert_eq!(stats.executed.get("x461"), Some(&1));
+        assert_eq!(stats.submissions.get("x474"), Some(&2));
+    }
+
+    #[tokio::test]
+    async fn timeout_executes_before_the_late_answer() {
+        let (sim, http) = start(SimConfig {
+            hang_ms: 600,
+            ..SimConfig::default()
+        })
+        .await;
+        let base = sim.base_url();
+        let token = get_token(&http, &base).await;
+        let id = new_id();
+        let req = {
+            let (http, base, token, id) = (http.clone(), base.clone(), token.clone(), id.clone());
+            tokio::spawn(async move {
+                post(
+                    &http,
+                    &base,
+                    &token,
+                    &id,
+                    None,
+                    &body("x470", "46733123470"),
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!req.is_finished());
+        let (code, l) = get(&http, &base, &token, &format!("/responses/{id}")).await;
+        assert_eq!(code, 200);
+        let (_, t) = get(&http, &base, &token, l["link"].as_str().expect("link")).await;
+        assert_eq!(t["transactionStatus"], "completed");
+        assert_eq!(sim.simulator.stats().executed.get("x470"), Some(&1));
+        let (code, state) = req.await.expect("join");
+        assert_eq!((code, state["status"].as_str()), (202, Some("completed")));
+    }
+}
