@@ -1,5 +1,6 @@
-//! Built-in fake of two real DFSP APIs (MTN MoMo Disbursement and the Mojaloop SDK scheme
-//! adapter outbound API), served over loopback HTTP for tests, demos and benchmarks.
+//! Built-in fake of real DFSP APIs (MTN MoMo Disbursement, the Mojaloop SDK scheme adapter
+//! outbound API, GSMA Mobile Money API 1.2 disbursements), served over loopback HTTP for tests,
+//! demos and benchmarks.
 //!
 //! Behaviour is deterministic by payee id (see [`trigger`]) and every submission and real
 //! execution is counted per payment reference so tests can prove nothing was paid twice.
