@@ -1,11 +1,15 @@
-//! Built-in fake of two real DFSP APIs (MTN MoMo Disbursement and the Mojaloop SDK scheme
-//! adapter outbound API), served over loopback HTTP for tests, demos and benchmarks.
+//! Built-in fake of real DFSP APIs (MTN MoMo Disbursement, the Mojaloop SDK scheme adapter
+//! outbound API, Safaricom M-Pesa Daraja B2C), served over loopback HTTP for tests, demos and
+//! benchmarks.
 //!
 //! Behaviour is deterministic by payee id (see [`trigger`]) and every submission and real
 //! execution is counted per payment reference so tests can prove nothing was paid twice.
 
 mod mojaloop;
+mod mpesa;
 mod mtn;
+
+pub use mpesa::MpesaTokenStats;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -44,11 +48,13 @@ pub struct SimConfig {
     pub callback_delay_ms: u64,
     /// Seed of the random generator behind the probability knobs.
     pub seed: u64,
-    /// MTN access token lifetime in seconds.
+    /// Access token lifetime in seconds (MTN, M-Pesa).
     pub token_ttl_s: u64,
     pub mtn_api_user: String,
     pub mtn_api_key: String,
     pub mtn_subscription_key: String,
+    pub mpesa_consumer_key: String,
+    pub mpesa_consumer_secret: String,
 }
 
 impl Default for SimConfig {
@@ -67,11 +73,14 @@ impl Default for SimConfig {
             mtn_api_user: "pil-sim-user".to_owned(),
             mtn_api_key: "pil-sim-key".to_owned(),
             mtn_subscription_key: "pil-sim-subscription".to_owned(),
+            mpesa_consumer_key: "pil-sim-consumer-key".to_owned(),
+            mpesa_consumer_secret: "pil-sim-consumer-secret".to_owned(),
         }
     }
 }
 
-/// Counters, keyed by the payment's own reference (MTN `externalId`, Mojaloop `homeTransactionId`).
+/// Counters, keyed by the payment's own reference (MTN `externalId`, Mojaloop
+/// `homeTransactionId`, M-Pesa `Occassion`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SimStats {
     /// Submission requests received (including deduplicated resends, 429s and 500s).
@@ -90,6 +99,7 @@ pub struct SimStats {
 pub enum Dfsp {
     MtnMomo,
     MojaloopSdk,
+    MpesaB2c,
 }
 
 /// What PIL should end with for a payee.
@@ -238,6 +248,7 @@ pub fn expected_outcome(dfsp: Dfsp, payee_id: &str) -> Expected {
         Dfsp::MojaloopSdk => t
             .mojaloop_error()
             .map_or(Expected::Succeeded, Expected::Failed),
+        Dfsp::MpesaB2c => mpesa::expected(t),
     }
 }
 
@@ -258,6 +269,7 @@ struct Inner {
     generation: AtomicU64,
     mtn: Mutex<mtn::MtnState>,
     mojaloop: Mutex<mojaloop::MojaState>,
+    mpesa: Mutex<mpesa::MpesaState>,
     client: reqwest::Client,
 }
 
@@ -294,6 +306,7 @@ impl Simulator {
                 generation: AtomicU64::new(0),
                 mtn: Mutex::new(mtn::MtnState::default()),
                 mojaloop: Mutex::new(mojaloop::MojaState::default()),
+                mpesa: Mutex::new(mpesa::MpesaState::default()),
                 client,
             }),
         }
@@ -307,6 +320,7 @@ impl Simulator {
             .route("/_sim/reset", post(reset))
             .merge(mtn::routes())
             .merge(mojaloop::routes())
+            .merge(mpesa::routes())
             .layer(middleware::from_fn_with_state(self.clone(), count_request))
             .with_state(self.clone())
     }
@@ -327,6 +341,7 @@ impl Simulator {
         self.inner.generation.fetch_add(1, Ordering::SeqCst);
         *lock(&self.inner.mtn) = mtn::MtnState::default();
         *lock(&self.inner.mojaloop) = mojaloop::MojaState::default();
+        *lock(&self.inner.mpesa) = mpesa::MpesaState::default();
         *lock(&self.inner.stats) = SimStats::default();
         let seed = self.config().seed;
         *lock(&self.inner.rng) = fastrand::Rng::with_seed(seed);
