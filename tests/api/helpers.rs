@@ -36,8 +36,11 @@ fn copy_dir(from: &Path, to: &Path) {
 pub fn install_scripts(dir: &Path, sim_url: &str) {
     copy_dir(&repo().join("rules"), &dir.join("rules"));
     copy_dir(&repo().join("adapters"), &dir.join("adapters"));
-    for id in ["mtn-momo", "mojaloop-sdk"] {
-        let path = dir.join("adapters").join(id).join("adapter.toml");
+    for entry in std::fs::read_dir(dir.join("adapters")).expect("read adapters") {
+        let path = entry.expect("entry").path().join("adapter.toml");
+        if !path.is_file() {
+            continue;
+        }
         let text = std::fs::read_to_string(&path).expect("read toml");
         let text = text
             .lines()

@@ -8,5 +8,6 @@ mod flow;
 mod g2p;
 mod helpers;
 mod legacy;
+mod mpesa;
 mod spec;
 mod store;
