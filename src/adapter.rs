@@ -71,6 +71,10 @@ struct RawAdapterConfig {
     headers: BTreeMap<String, String>,
     #[serde(default)]
     settings: toml::Table,
+    /// Like `settings`, but secret (e.g. a credential a DFSP wants in the body): handed to
+    /// scripts as `ctx.secrets`, never printed.
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
     #[serde(default)]
     capabilities: Capabilities,
     #[serde(default)]
@@ -90,6 +94,8 @@ struct RawAuth {
     header: Option<String>,
     key: Option<String>,
     token_url: Option<String>,
+    /// `POST` (default: form body) or `GET` (the same parameters in the query string).
+    token_method: Option<String>,
     client_id: Option<String>,
     client_secret: Option<String>,
     scope: Option<String>,
@@ -106,6 +112,7 @@ impl Default for RawAuth {
             header: None,
             key: None,
             token_url: None,
+            token_method: None,
             client_id: None,
             client_secret: None,
             scope: None,
@@ -133,6 +140,10 @@ pub struct Capabilities {
     pub currencies: Vec<String>,
     #[serde(default, with = "rust_decimal::serde::str_option")]
     pub max_amount: Option<Decimal>,
+    /// The DFSP takes whole units of the currency only (no cents): routing drops it for an
+    /// amount with a fraction, so such a payment is never sent there.
+    #[serde(default)]
+    pub whole_amounts: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,10 +195,20 @@ pub enum Auth {
     },
     OAuth2ClientCredentials {
         token_url: String,
+        token_method: TokenMethod,
         client_id: Secret,
         client_secret: Secret,
         scope: Option<String>,
     },
+}
+
+/// How the OAuth2 token endpoint is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenMethod {
+    /// RFC 6749: `POST` with a form body.
+    Post,
+    /// `GET` with the same parameters in the query string (e.g. Safaricom Daraja).
+    Get,
 }
 
 #[derive(Debug, Clone)]
@@ -203,6 +224,8 @@ pub struct AdapterConfig {
     pub headers: Vec<(String, Secret)>,
     /// Non-secret settings handed to scripts as `ctx.settings`.
     pub settings: serde_json::Value,
+    /// Secret settings handed to scripts as `ctx.secrets`.
+    pub script_secrets: Vec<(String, Secret)>,
     pub capabilities: Capabilities,
     pub retry: RetryPolicy,
     pub poll: PollPolicy,
@@ -293,6 +316,16 @@ impl AdapterConfig {
                 token_url: a.token_url.clone().ok_or_else(|| {
                     invalid("auth.token_url is required for oauth2_client_credentials".into())
                 })?,
+                token_method: match a.token_method.as_deref().map(str::to_ascii_uppercase) {
+                    None => TokenMethod::Post,
+                    Some(m) if m == "POST" => TokenMethod::Post,
+                    Some(m) if m == "GET" => TokenMethod::Get,
+                    Some(other) => {
+                        return Err(invalid(format!(
+                            "auth.token_method '{other}' is not GET or POST"
+                        )));
+                    }
+                },
                 client_id: secret("client_id", &a.client_id)?,
                 client_secret: secret("client_secret", &a.client_secret)?,
                 scope: a.scope.clone(),
@@ -329,6 +362,12 @@ impl AdapterConfig {
             };
             settings.insert(k.clone(), v);
         }
+        let mut script_secrets = Vec::new();
+        for (name, value) in &raw.secrets {
+            let v =
+                resolve_references(value).map_err(|m| invalid(format!("secrets.{name}: {m}")))?;
+            script_secrets.push((name.clone(), Secret(v)));
+        }
         if raw.max_in_flight == 0 {
             return Err(invalid("max_in_flight must be at least 1".into()));
         }
@@ -343,6 +382,7 @@ impl AdapterConfig {
             auth,
             headers,
             settings: serde_json::Value::Object(settings),
+            script_secrets,
             capabilities: raw.capabilities,
             retry: raw.retry,
             poll: raw.poll,
@@ -351,7 +391,12 @@ impl AdapterConfig {
 
     /// Every resolved secret value, so that logs and responses can be checked against them.
     pub fn secrets(&self) -> Vec<&str> {
-        let mut out: Vec<&str> = self.headers.iter().map(|(_, s)| s.expose()).collect();
+        let mut out: Vec<&str> = self
+            .headers
+            .iter()
+            .chain(&self.script_secrets)
+            .map(|(_, s)| s.expose())
+            .collect();
         match &self.auth {
             Auth::None => {}
             Auth::Basic { username, password } => {
@@ -419,6 +464,44 @@ password = "${PIL_TEST_SURELY_UNSET:-hunter2-secret}"
             .expect("minimal config");
         assert!(matches!(cfg.auth, Auth::None));
         assert_eq!(cfg.max_in_flight, 64);
+    }
+
+    #[test]
+    fn token_method_and_script_secrets() {
+        let cfg = AdapterConfig::parse(
+            "a.toml",
+            r#"
+id = "x"
+base_url = "http://h"
+[auth]
+type = "oauth2_client_credentials"
+token_url = "/oauth/v1/generate"
+token_method = "get"
+client_id = "id"
+client_secret = "secret"
+[secrets]
+credential = "${PIL_TEST_SURELY_UNSET:-s3cr3t-credential}"
+[capabilities]
+whole_amounts = true
+"#,
+        )
+        .expect("parse");
+        assert!(matches!(
+            cfg.auth,
+            Auth::OAuth2ClientCredentials {
+                token_method: TokenMethod::Get,
+                ..
+            }
+        ));
+        assert!(cfg.capabilities.whole_amounts);
+        assert!(cfg.secrets().contains(&"s3cr3t-credential"));
+        assert!(!format!("{cfg:?}").contains("s3cr3t-credential"));
+        let err = AdapterConfig::parse(
+            "a.toml",
+            "id = \"x\"\nbase_url = \"http://h\"\n[auth]\ntype = \"oauth2_client_credentials\"\ntoken_url = \"/t\"\ntoken_method = \"PUT\"\nclient_id = \"i\"\nclient_secret = \"s\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("token_method"), "{err}");
     }
 
     #[test]

@@ -139,6 +139,7 @@ impl Dispatcher {
                 &self.live,
                 &self.settings.instance_id,
                 200,
+                &self.settings.public_url,
             )
             .await
             {

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::{Mutex, Semaphore};
 
-use crate::adapter::{AdapterConfig, Auth};
+use crate::adapter::{AdapterConfig, Auth, TokenMethod};
 
 /// What an adapter script asks to send.
 #[derive(Debug, Clone)]
@@ -196,25 +196,31 @@ impl DfspClient {
 
     /// [`DfspClient::send`] for a caller that already holds a slot from [`DfspClient::acquire`].
     pub async fn send_permitted(&self, req: &DfspRequest) -> Sent {
-        let first = self.send_once(req, false).await;
-        let sent = match first {
-            Sent::Response(ref r)
-                if r.status == 401
-                    && matches!(self.config.auth, Auth::OAuth2ClientCredentials { .. }) =>
-            {
-                self.send_once(req, true).await
+        let (first, token) = self.send_once(req, None).await;
+        let sent = match (first, token) {
+            (Sent::Response(r), Some(rejected)) if r.status == 401 => {
+                self.send_once(req, Some(&rejected)).await.0
             }
-            other => other,
+            (other, _) => other,
         };
         self.record(&sent);
         sent
     }
 
-    async fn send_once(&self, req: &DfspRequest, refresh_token: bool) -> Sent {
-        let auth = match self.auth_header(refresh_token).await {
+    /// One request. With OAuth2 it also returns the token it presented, so that a 401 renews
+    /// that token only (`rejected`): when many requests fail with the same stale token, the
+    /// first renews it and the rest reuse the new one. Renewing again for each of them would
+    /// churn tokens, and a DFSP that invalidates the previous token on every issue (Daraja)
+    /// would then refuse the requests still carrying it.
+    async fn send_once(&self, req: &DfspRequest, rejected: Option<&str>) -> (Sent, Option<String>) {
+        let (auth, token) = match self.auth_header(rejected).await {
             Ok(a) => a,
-            Err(e) => return Sent::NotSent(e),
+            Err(e) => return (Sent::NotSent(e), None),
         };
+        (self.send_with(req, auth).await, token)
+    }
+
+    async fn send_with(&self, req: &DfspRequest, auth: Option<(HeaderName, HeaderValue)>) -> Sent {
         let mut headers = HeaderMap::new();
         for (name, value) in self
             .config
@@ -279,12 +285,14 @@ impl DfspClient {
         }
     }
 
+    /// The auth header to present, and the OAuth2 token in it (if that is the scheme).
     async fn auth_header(
         &self,
-        refresh: bool,
-    ) -> Result<Option<(HeaderName, HeaderValue)>, String> {
+        rejected: Option<&str>,
+    ) -> Result<(Option<(HeaderName, HeaderValue)>, Option<String>), String> {
+        let mut token = None;
         let value = match &self.config.auth {
-            Auth::None => return Ok(None),
+            Auth::None => return Ok((None, None)),
             Auth::Basic { username, password } => format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(format!(
@@ -299,22 +307,27 @@ impl DfspClient {
                     .map_err(|_| format!("invalid api key header name '{header}'"))?;
                 let value = HeaderValue::from_str(key.expose())
                     .map_err(|_| "api key is not a valid header value".to_string())?;
-                return Ok(Some((name, value)));
+                return Ok((Some((name, value)), None));
             }
             Auth::OAuth2ClientCredentials { .. } => {
-                format!("Bearer {}", self.oauth_token(refresh).await?)
+                let t = self.oauth_token(rejected).await?;
+                let value = format!("Bearer {t}");
+                token = Some(t);
+                value
             }
         };
         let mut value = HeaderValue::from_str(&value)
             .map_err(|_| "credentials are not a valid header value".to_string())?;
         value.set_sensitive(true);
-        Ok(Some((reqwest::header::AUTHORIZATION, value)))
+        Ok((Some((reqwest::header::AUTHORIZATION, value)), token))
     }
 
-    /// The cached token, fetched once for all concurrent senders and refreshed before expiry.
-    async fn oauth_token(&self, refresh: bool) -> Result<String, String> {
+    /// The cached token, fetched once for all concurrent senders and refreshed before expiry,
+    /// or when the DFSP refused it (`rejected`, if it is still the cached one).
+    async fn oauth_token(&self, rejected: Option<&str>) -> Result<String, String> {
         let Auth::OAuth2ClientCredentials {
             token_url,
+            token_method,
             client_id,
             client_secret,
             scope,
@@ -324,25 +337,32 @@ impl DfspClient {
         };
         let mut cached = self.token.lock().await;
         if let Some(t) = cached.as_ref()
-            && !refresh
+            && rejected != Some(t.value.as_str())
             && t.expires_at > Instant::now()
         {
             return Ok(t.value.clone());
         }
-        let mut body = String::from("grant_type=client_credentials");
+        let mut params = String::from("grant_type=client_credentials");
         if let Some(scope) = scope {
-            body.push_str("&scope=");
-            body.push_str(scope);
+            params.push_str("&scope=");
+            params.push_str(scope);
         }
-        let mut req = self
-            .http
-            .post(self.url_for(token_url))
-            .basic_auth(client_id.expose(), Some(client_secret.expose()))
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .body(body);
+        let url = self.url_for(token_url);
+        let req = match token_method {
+            TokenMethod::Post => self
+                .http
+                .post(url)
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(params),
+            TokenMethod::Get => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                self.http.get(format!("{url}{sep}{params}"))
+            }
+        };
+        let mut req = req.basic_auth(client_id.expose(), Some(client_secret.expose()));
         for (name, value) in &self.config.headers {
             req = req.header(name.as_str(), value.expose());
         }
@@ -397,6 +417,97 @@ mod tests {
             headers: BTreeMap::new(),
             body: Vec::new(),
         })
+    }
+
+    /// A token server (GET with the grant in the query string, like Daraja) that accepts only
+    /// the latest token it issued, and the client pointed at it.
+    async fn oauth_server() -> (DfspClient, Arc<std::sync::Mutex<(u32, Option<String>)>>) {
+        use axum::extract::{Query, State};
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::routing::{get, post};
+        type Shared = Arc<std::sync::Mutex<(u32, Option<String>)>>;
+        let state: Shared = Arc::default();
+        let app = axum::Router::new()
+            .route(
+                "/oauth/v1/generate",
+                get(
+                    |State(st): State<Shared>,
+                     Query(q): Query<BTreeMap<String, String>>,
+                     headers: HeaderMap| async move {
+                        let basic = headers.get("authorization").and_then(|v| v.to_str().ok());
+                        if q.get("grant_type").map(String::as_str) != Some("client_credentials")
+                            || basic != Some("Basic aWQ6c2VjcmV0")
+                        {
+                            return (StatusCode::BAD_REQUEST, String::new());
+                        }
+                        let mut st = st.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        st.0 += 1;
+                        let token = format!("tok-{}", st.0);
+                        st.1 = Some(token.clone());
+                        (
+                            StatusCode::OK,
+                            format!(r#"{{"access_token":"{token}","expires_in":"3599"}}"#),
+                        )
+                    },
+                ),
+            )
+            .route(
+                "/pay",
+                post(|State(st): State<Shared>, headers: HeaderMap| async move {
+                    let given = headers.get("authorization").and_then(|v| v.to_str().ok());
+                    let st = st.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let valid = st.1.as_ref().map(|t| format!("Bearer {t}"));
+                    if given.is_some() && given == valid.as_deref() {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::UNAUTHORIZED
+                    }
+                }),
+            )
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let cfg = AdapterConfig::parse(
+            "a.toml",
+            &format!(
+                "id = \"x\"\nbase_url = \"http://{addr}\"\n[auth]\ntype = \"oauth2_client_credentials\"\n\
+                 token_url = \"/oauth/v1/generate\"\ntoken_method = \"GET\"\nclient_id = \"id\"\nclient_secret = \"secret\"\n"
+            ),
+        )
+        .expect("config");
+        (DfspClient::new(cfg).expect("client"), state)
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_renewed_once_for_all_requests_refused_with_it() {
+        let (client, state) = oauth_server().await;
+        let pay = DfspRequest {
+            method: reqwest::Method::POST,
+            path: "/pay".into(),
+            headers: Vec::new(),
+            body: None,
+            idempotency_key: None,
+        };
+        let status = |sent: Sent| match sent {
+            Sent::Response(r) => r.status,
+            other => panic!("no answer: {other:?}"),
+        };
+        assert_eq!(status(client.send(&pay).await), 200);
+        assert_eq!(status(client.send(&pay).await), 200);
+        assert_eq!(state.lock().expect("lock").0, 1, "the token is cached");
+        // The DFSP stops accepting it (another client took a token, say): every request
+        // refused with it retries once, and only one new token is fetched for all of them.
+        state.lock().expect("lock").1 = None;
+        let sends = (0..8).map(|_| client.send(&pay));
+        for sent in futures::future::join_all(sends).await {
+            assert_eq!(status(sent), 200);
+        }
+        assert_eq!(state.lock().expect("lock").0, 2);
     }
 
     #[test]

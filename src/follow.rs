@@ -274,12 +274,15 @@ async fn apply_report(
 const MAX_CONTINUATIONS: usize = 3;
 
 /// Queries the status of due `accepted` and `unknown` payments; returns how many it looked at.
+/// `public_url` is the base of the callback URLs handed to status requests: some DFSPs answer a
+/// status query by callback only (M-Pesa's Transaction Status API).
 pub async fn poll_once(
     store: &Arc<dyn Store>,
     writer: &Writer,
     live: &ArcSwap<Live>,
     owner: &str,
     limit: i64,
+    public_url: &str,
 ) -> Result<usize, CallbackError> {
     let now = now_ms();
     let claimed = store
@@ -304,7 +307,15 @@ pub async fn poll_once(
             continue;
         }
         let pmap = payment_dynamic(p);
-        let ctx = adapter.request_ctx(now, p.attempts, None, None);
+        let ctx = adapter.request_ctx(
+            now,
+            p.attempts,
+            None,
+            Some(format!(
+                "{}/callbacks/{dfsp}",
+                public_url.trim_end_matches('/')
+            )),
+        );
         let req = match adapter.build_status_request(&engine, pmap.clone(), ctx) {
             Ok(Some(req)) => req,
             Ok(None) => {

@@ -34,7 +34,7 @@ enum DirectoryAction {
 enum Command {
     /// Run the API, dispatcher, callbacks and poller.
     Serve,
-    /// Run the built-in DFSP simulator (MTN MoMo and Mojaloop SDK APIs).
+    /// Run the built-in DFSP simulator (MTN MoMo, Mojaloop SDK and M-Pesa Daraja APIs).
     Simulator {
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: SocketAddr,

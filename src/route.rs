@@ -86,6 +86,10 @@ pub fn routing_ctx(
             "max_amount".into(),
             caps.max_amount.map_or(Dynamic::UNIT, Dynamic::from_decimal),
         );
+        d.insert(
+            "whole_amounts".into(),
+            Dynamic::from_bool(caps.whole_amounts),
+        );
         dfsps.insert(id.as_str().into(), crate::script::convert::shared(d));
     }
     let mut ctx = Map::new();
@@ -160,34 +164,50 @@ pub fn route(
 }
 
 /// Keeps the candidates whose `adapter.toml` capabilities take this payment (currency, maximum
-/// amount), in order. Generic checks live here rather than in every routing script.
+/// amount, whole units only), in order. Generic checks live here rather than in every routing
+/// script. When none is left, the rejection names the reason if every candidate refused for
+/// the same one that has its own code (`amount.not_whole`), else `dfsp.unavailable`.
 fn capable(bundle: &Bundle, ids: Vec<String>, amount: &crate::money::Money) -> Decision {
     let mut refused = Vec::new();
+    // Whether every refusal so far is a fractional amount (then that is the reason to give).
+    let mut all_not_whole = true;
     let kept: Vec<String> = ids
         .into_iter()
         .filter(|id| {
             let Some(adapter) = bundle.adapter(id) else {
                 refused.push(format!("{id}: not loaded"));
+                all_not_whole = false;
                 return false;
             };
             let caps = &adapter.config.capabilities;
             let currency = amount.currency().code();
             if !caps.currencies.is_empty() && !caps.currencies.iter().any(|c| c == currency) {
                 refused.push(format!("{id}: does not pay {currency}"));
+                all_not_whole = false;
                 return false;
             }
             if let Some(max) = caps.max_amount
                 && amount.to_decimal() > max
             {
                 refused.push(format!("{id}: above its maximum {max}"));
+                all_not_whole = false;
+                return false;
+            }
+            if caps.whole_amounts && !amount.to_decimal().fract().is_zero() {
+                refused.push(format!("{id}: takes whole amounts of {currency} only"));
                 return false;
             }
             true
         })
         .collect();
     if kept.is_empty() {
+        let code = if all_not_whole {
+            "amount.not_whole"
+        } else {
+            "dfsp.unavailable"
+        };
         Decision::Reject {
-            code: "dfsp.unavailable".into(),
+            code: code.into(),
             message: format!(
                 "no routed DFSP can take this payment ({})",
                 refused.join("; ")

@@ -104,15 +104,18 @@ pub fn dry_run(bundle: &Bundle, input: &serde_json::Value) -> Result<serde_json:
             Some(Body::Json(text)) => serde_json::from_str(text).unwrap_or_else(|_| json!(text)),
             Some(Body::Text { text, .. }) => json!(text),
         };
+        let mut request = json!({
+            "method": request.method.as_str(),
+            "url": format!("{}{}", adapter.config.base_url, request.path),
+            "headers": headers,
+            "body": body,
+        });
+        // Scripts may copy a `[secrets]` value into the request (a credential in the body).
+        redact(&mut request, &adapter.config.secrets());
         candidates.push(json!({
             "dfsp": id,
             "adapter_version": adapter.script.version,
-            "request": {
-                "method": request.method.as_str(),
-                "url": format!("{}{}", adapter.config.base_url, request.path),
-                "headers": headers,
-                "body": body,
-            }
+            "request": request,
         }));
     }
     Ok(json!({
@@ -120,4 +123,20 @@ pub fn dry_run(bundle: &Bundle, input: &serde_json::Value) -> Result<serde_json:
         "decision": {"dfsps": ids},
         "candidates": candidates,
     }))
+}
+
+/// Replaces every occurrence of a secret value in the strings of `v` with `<redacted>`.
+fn redact(v: &mut serde_json::Value, secrets: &[&str]) {
+    match v {
+        serde_json::Value::String(text) => {
+            for secret in secrets.iter().filter(|s| !s.is_empty()) {
+                if text.contains(secret) {
+                    *text = text.replace(secret, "<redacted>");
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|i| redact(i, secrets)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|i| redact(i, secrets)),
+        _ => {}
+    }
 }

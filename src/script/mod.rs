@@ -157,6 +157,17 @@ pub struct Adapter {
     pub dir: PathBuf,
     /// `adapter.toml` `[settings]`, converted once and shared with every call.
     settings: Dynamic,
+    /// `adapter.toml` `[secrets]`, likewise.
+    secrets: HiddenSecrets,
+}
+
+/// Secret values as scripts get them; `Debug` never shows them.
+struct HiddenSecrets(Dynamic);
+
+impl std::fmt::Debug for HiddenSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HiddenSecrets(***)")
+    }
 }
 
 impl Adapter {
@@ -171,8 +182,8 @@ impl Adapter {
         self.script.has_fn("parse_callback", 1)
     }
 
-    /// `ctx` for `build_request` and `build_status_request`: `#{now, settings, attempt,
-    /// idempotency_key, callback_url}` (the last two only when sending).
+    /// `ctx` for `build_request` and `build_status_request`: `#{now, settings, secrets,
+    /// attempt, idempotency_key, callback_url}` (`idempotency_key` only when sending).
     pub fn request_ctx(
         &self,
         now: i64,
@@ -183,6 +194,7 @@ impl Adapter {
         let mut ctx = Map::new();
         ctx.insert("now".into(), Dynamic::from_int(now));
         ctx.insert("settings".into(), self.settings.clone());
+        ctx.insert("secrets".into(), self.secrets.0.clone());
         ctx.insert("attempt".into(), Dynamic::from_int(attempt));
         if let Some(key) = idempotency_key {
             ctx.insert("idempotency_key".into(), key.into());
@@ -311,6 +323,13 @@ fn load_adapter(engine: &Engine, dir: &Path) -> Result<Adapter, Vec<ScriptError>
                     .try_cast::<Map>()
                     .unwrap_or_default(),
             ),
+            secrets: HiddenSecrets(convert::shared(
+                config
+                    .script_secrets
+                    .iter()
+                    .map(|(k, v)| (k.as_str().into(), v.expose().into()))
+                    .collect(),
+            )),
             config,
             script,
             dir: dir.to_path_buf(),

@@ -1,13 +1,16 @@
 //! Built-in fake of real DFSP APIs (MTN MoMo Disbursement, the Mojaloop SDK scheme adapter
-//! outbound API, GSMA Mobile Money API 1.2 disbursements), served over loopback HTTP for tests,
-//! demos and benchmarks.
+//! outbound API, GSMA Mobile Money API 1.2 disbursements, Safaricom M-Pesa Daraja B2C),
+//! served over loopback HTTP for tests, demos and benchmarks.
 //!
 //! Behaviour is deterministic by payee id (see [`trigger`]) and every submission and real
 //! execution is counted per payment reference so tests can prove nothing was paid twice.
 
 mod gsma;
 mod mojaloop;
+mod mpesa;
 mod mtn;
+
+pub use mpesa::MpesaTokenStats;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -46,7 +49,7 @@ pub struct SimConfig {
     pub callback_delay_ms: u64,
     /// Seed of the random generator behind the probability knobs.
     pub seed: u64,
-    /// MTN and GSMA access token lifetime in seconds.
+    /// Access token lifetime in seconds (MTN, GSMA, M-Pesa).
     pub token_ttl_s: u64,
     pub mtn_api_user: String,
     pub mtn_api_key: String,
@@ -57,6 +60,8 @@ pub struct SimConfig {
     /// Mojaloop SDK `AUTO_ACCEPT_QUOTES`: when false, the transfer then stops at
     /// `WAITING_FOR_QUOTE_ACCEPTANCE` until `{"acceptQuote": true}`.
     pub mojaloop_auto_accept_quotes: bool,
+    pub mpesa_consumer_key: String,
+    pub mpesa_consumer_secret: String,
 }
 
 impl Default for SimConfig {
@@ -77,11 +82,14 @@ impl Default for SimConfig {
             mtn_subscription_key: "pil-sim-subscription".to_owned(),
             mojaloop_auto_accept_party: true,
             mojaloop_auto_accept_quotes: true,
+            mpesa_consumer_key: "pil-sim-consumer-key".to_owned(),
+            mpesa_consumer_secret: "pil-sim-consumer-secret".to_owned(),
         }
     }
 }
 
-/// Counters, keyed by the payment's own reference (MTN `externalId`, Mojaloop `homeTransactionId`).
+/// Counters, keyed by the payment's own reference (MTN `externalId`, Mojaloop
+/// `homeTransactionId`, M-Pesa `Occassion`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SimStats {
     /// Submission requests received (including deduplicated resends, 429s and 500s).
@@ -102,6 +110,7 @@ pub struct SimStats {
 pub enum Dfsp {
     MtnMomo,
     MojaloopSdk,
+    MpesaB2c,
 }
 
 /// What PIL should end with for a payee.
@@ -250,6 +259,7 @@ pub fn expected_outcome(dfsp: Dfsp, payee_id: &str) -> Expected {
         Dfsp::MojaloopSdk => t
             .mojaloop_error()
             .map_or(Expected::Succeeded, Expected::Failed),
+        Dfsp::MpesaB2c => mpesa::expected(t),
     }
 }
 
@@ -271,6 +281,7 @@ struct Inner {
     mtn: Mutex<mtn::MtnState>,
     mojaloop: Mutex<mojaloop::MojaState>,
     gsma: Mutex<gsma::GsmaState>,
+    mpesa: Mutex<mpesa::MpesaState>,
     client: reqwest::Client,
 }
 
@@ -308,6 +319,7 @@ impl Simulator {
                 mtn: Mutex::new(mtn::MtnState::default()),
                 mojaloop: Mutex::new(mojaloop::MojaState::default()),
                 gsma: Mutex::new(gsma::GsmaState::default()),
+                mpesa: Mutex::new(mpesa::MpesaState::default()),
                 client,
             }),
         }
@@ -322,6 +334,7 @@ impl Simulator {
             .merge(mtn::routes())
             .merge(mojaloop::routes())
             .merge(gsma::routes())
+            .merge(mpesa::routes())
             .layer(middleware::from_fn_with_state(self.clone(), count_request))
             .with_state(self.clone())
     }
@@ -343,6 +356,7 @@ impl Simulator {
         *lock(&self.inner.mtn) = mtn::MtnState::default();
         *lock(&self.inner.mojaloop) = mojaloop::MojaState::default();
         *lock(&self.inner.gsma) = gsma::GsmaState::default();
+        *lock(&self.inner.mpesa) = mpesa::MpesaState::default();
         *lock(&self.inner.stats) = SimStats::default();
         let seed = self.config().seed;
         *lock(&self.inner.rng) = fastrand::Rng::with_seed(seed);

@@ -10,5 +10,6 @@ mod gsma;
 mod helpers;
 mod legacy;
 mod mojaloop;
+mod mpesa;
 mod spec;
 mod store;
