@@ -171,7 +171,11 @@ fn a_fixture_that_no_longer_matches_fails_with_a_diff() {
 fn the_worked_example_adapter_passes_check_and_its_fixtures() {
     let example = repo().join("examples/paystack");
     let out = pil_check(&example);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = pil_test(&example, Some("paystack"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
