@@ -102,7 +102,9 @@ impl SqliteStore {
         });
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options.read_only(true))
+            // Readers share the OS page cache; a large private cache per reader only multiplies
+            // memory (the writer keeps the 64 MiB one).
+            .connect_with(options.read_only(true).pragma("cache_size", "-8192"))
             .await?;
         Ok(SqliteStore { writer, reader })
     }
