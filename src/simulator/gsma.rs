@@ -760,23 +760,8 @@ async fn outcome(sim: Simulator, correlation_id: String, delay_ms: u64, generati
     let Some(url) = url else {
         return; // polling: the client asked for no callback
     };
-    let copies = match trig {
-        Some(Trigger::CallbackLost) => 0,
-        Some(Trigger::CallbackDuplicated) => 2,
-        Some(_) => 1,
-        None => {
-            let cfg = sim.config();
-            if sim.roll() < cfg.callback_loss_rate {
-                0
-            } else if sim.roll() < cfg.callback_dup_rate {
-                2
-            } else {
-                1
-            }
-        }
-    };
+    let copies = sim.callback_copies(trig);
     if copies == 0 {
-        sim.with_stats(|s| s.callbacks_lost += 1);
         return;
     }
     let bytes = body.to_string().into_bytes();

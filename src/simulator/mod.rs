@@ -366,6 +366,30 @@ impl Simulator {
         lock(&self.inner.config).clone()
     }
 
+    /// How many copies of a callback to send: the payee's trigger decides (471 lost, 472 sent
+    /// twice), otherwise the loss and duplicate knobs. A lost callback is counted here.
+    fn callback_copies(&self, trig: Option<Trigger>) -> usize {
+        let copies = match trig {
+            Some(Trigger::CallbackLost) => 0,
+            Some(Trigger::CallbackDuplicated) => 2,
+            Some(_) => 1,
+            None => {
+                let cfg = self.config();
+                if self.roll() < cfg.callback_loss_rate {
+                    0
+                } else if self.roll() < cfg.callback_dup_rate {
+                    2
+                } else {
+                    1
+                }
+            }
+        };
+        if copies == 0 {
+            self.with_stats(|s| s.callbacks_lost += 1);
+        }
+        copies
+    }
+
     fn with_stats(&self, f: impl FnOnce(&mut SimStats)) {
         f(&mut lock(&self.inner.stats));
     }

@@ -412,23 +412,8 @@ async fn outcome(
     let (Some(body), Some(url)) = (body, callback) else {
         return;
     };
-    let copies = match trig {
-        Some(Trigger::CallbackLost) => 0,
-        Some(Trigger::CallbackDuplicated) => 2,
-        Some(_) => 1,
-        None => {
-            let cfg = sim.config();
-            if sim.roll() < cfg.callback_loss_rate {
-                0
-            } else if sim.roll() < cfg.callback_dup_rate {
-                2
-            } else {
-                1
-            }
-        }
-    };
+    let copies = sim.callback_copies(trig);
     if copies == 0 {
-        sim.with_stats(|s| s.callbacks_lost += 1);
         return;
     }
     for _ in 0..copies {
