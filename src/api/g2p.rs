@@ -305,7 +305,7 @@ fn row_of(item: &Value, reference_id: String, limits: &ingest::Limits) -> NewPay
     };
     if !item.is_object() {
         return reject(
-            "rjct.reference_id.invalid",
+            "disbursement.invalid",
             "a disbursement must be an object".into(),
         );
     }
@@ -322,7 +322,8 @@ fn row_of(item: &Value, reference_id: String, limits: &ingest::Limits) -> NewPay
         Ok(mut rows) => rows.remove(0),
         Err(errors) => {
             let first = &errors[0];
-            let code = report::g2p_reason(&first.code).unwrap_or("rjct.reference_id.invalid");
+            // PIL's own code is stored; reports show the spec's code where the spec has one.
+            let code = first.code.as_str();
             let message = errors
                 .iter()
                 .map(|e| format!("{}: {}", e.field, e.message))
@@ -347,10 +348,7 @@ fn row_of(item: &Value, reference_id: String, limits: &ingest::Limits) -> NewPay
     if let Some(note) = str_field(item, "note")
         && note.chars().count() > 99
     {
-        return reject(
-            "rjct.reference_id.invalid",
-            "note: more than 99 characters".into(),
-        );
+        return reject("note.too_long", "note: more than 99 characters".into());
     }
     match item.get("scheduled_timestamp") {
         None | Some(Value::Null) => {}
