@@ -187,14 +187,22 @@ fn ctx(adapter: &Adapter, fixture: &Value) -> Dynamic {
     )
 }
 
-fn response(v: &Value) -> DfspResponse {
+fn response(v: &Value) -> Result<DfspResponse, String> {
     let body = match v.get("body") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => s.clone().into_bytes(),
         Some(other) => other.to_string().into_bytes(),
     };
-    DfspResponse {
-        status: v.get("status").and_then(Value::as_u64).unwrap_or(200) as u16,
+    let status = match v.get("status") {
+        None => 200,
+        Some(s) => s
+            .as_u64()
+            .and_then(|s| u16::try_from(s).ok())
+            .filter(|s| (100..600).contains(s))
+            .ok_or_else(|| format!("status must be an HTTP status code, got {s}"))?,
+    };
+    Ok(DfspResponse {
+        status,
         headers: v
             .get("headers")
             .and_then(Value::as_object)
@@ -210,7 +218,7 @@ fn response(v: &Value) -> DfspResponse {
             })
             .unwrap_or_default(),
         body,
-    }
+    })
 }
 
 fn request_json(r: &DfspRequest) -> Value {
@@ -268,9 +276,9 @@ fn run_one(bundle: &Bundle, adapter: &Adapter, f: &Value) -> Vec<String> {
         } else if let Some(r) = f.get("response").or_else(|| f.get("status_response")) {
             let expected = f.get("expect").ok_or("a response fixture needs 'expect'")?;
             let out = if f.get("response").is_some() {
-                adapter.parse_response(engine, payment()?, &response(r))
+                adapter.parse_response(engine, payment()?, &response(r)?)
             } else {
-                adapter.parse_status_response(engine, payment()?, &response(r))
+                adapter.parse_status_response(engine, payment()?, &response(r)?)
             }
             .map_err(|e| e.to_string())?;
             compare_subset("", expected, &outcome_json(&out), &mut problems);
@@ -292,7 +300,7 @@ fn run_one(bundle: &Bundle, adapter: &Adapter, f: &Value) -> Vec<String> {
                 "headers".into(),
                 json_to_dynamic(c.get("headers").unwrap_or(&json!({}))),
             );
-            let body = response(c).body;
+            let body = response(c)?.body;
             req.insert("body".into(), crate::map::body_dynamic(&body));
             let got = adapter
                 .parse_callback(engine, Dynamic::from_map(req))
