@@ -886,20 +886,9 @@ async fn revoke_tokens(State(sim): State<Simulator>) -> StatusCode {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{RunningSimulator, SimConfig, spawn};
+    use super::super::{SimConfig, test_support::start};
     use super::*;
     use tokio::sync::mpsc;
-
-    async fn start(cfg: SimConfig) -> (RunningSimulator, reqwest::Client) {
-        let sim = spawn(cfg, "127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("spawn");
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client");
-        (sim, http)
-    }
 
     /// A callback receiver: its URL and the (X-CorrelationID, body) pairs it got.
     async fn receiver() -> (

@@ -510,6 +510,24 @@ pub async fn spawn(config: SimConfig, addr: SocketAddr) -> std::io::Result<Runni
     })
 }
 
+/// What the simulator's own unit tests share.
+#[cfg(test)]
+mod test_support {
+    use super::{RunningSimulator, SimConfig, spawn};
+
+    /// A simulator on a free loopback port and a client that ignores proxies.
+    pub(super) async fn start(cfg: SimConfig) -> (RunningSimulator, reqwest::Client) {
+        let sim = spawn(cfg, "127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("spawn");
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        (sim, http)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -456,23 +456,12 @@ async fn status(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{RunningSimulator, spawn};
+    use super::super::test_support::start;
     use super::*;
     use tokio::sync::mpsc;
 
     const BASIC_OK: &str = "pil-sim-user:pil-sim-key";
     const SUB: &str = "pil-sim-subscription";
-
-    async fn start(cfg: SimConfig) -> (RunningSimulator, reqwest::Client) {
-        let sim = spawn(cfg, "127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("spawn");
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client");
-        (sim, http)
-    }
 
     /// A callback receiver: returns its URL and the received bodies.
     async fn receiver() -> (
