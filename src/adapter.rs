@@ -133,7 +133,7 @@ fn default_max_in_flight() -> usize {
     64
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Capabilities {
     #[serde(default)]
@@ -144,6 +144,25 @@ pub struct Capabilities {
     /// amount with a fraction, so such a payment is never sent there.
     #[serde(default)]
     pub whole_amounts: bool,
+    /// Most payments one bulk request may carry. Above 1, payments claimed together for this
+    /// DFSP go out in bulk through the script's `build_batch_request`.
+    #[serde(default = "one")]
+    pub bulk_size: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities {
+            currencies: Vec::new(),
+            max_amount: None,
+            whole_amounts: false,
+            bulk_size: 1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

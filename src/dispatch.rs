@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rhai::{Dynamic, Map};
+use sha2::Digest;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::clock::now_ms;
@@ -50,14 +51,29 @@ pub struct Dispatcher {
     stopping: std::sync::atomic::AtomicBool,
 }
 
+/// One request to send: a single payment, or several in one bulk request.
 struct ToSend {
-    payment: Payment,
+    /// The payments it carries, each with the map its scripts see.
+    payments: Vec<(Payment, Dynamic)>,
     adapter: Arc<Adapter>,
     client: Arc<DfspClient>,
     request: DfspRequest,
     key: String,
-    script_map: Dynamic,
+    /// `Some` (the `ctx` it was built with) for a bulk request, which is rebuilt if some of its
+    /// payments cannot be marked `sending` (cancelled meanwhile).
+    bulk_ctx: Option<Dynamic>,
     permit: Option<OwnedSemaphorePermit>,
+}
+
+/// A payment whose DFSP is chosen, waiting to be mapped into a request.
+struct Mapped {
+    payment: Payment,
+    script_map: Dynamic,
+    dfsp: String,
+    fallbacks: Vec<String>,
+    route_version: Option<String>,
+    adapter: Arc<Adapter>,
+    client: Arc<DfspClient>,
 }
 
 impl Dispatcher {
@@ -183,7 +199,7 @@ impl Dispatcher {
         let (settled, mut sends) = self.prepare(&live, claimed, now);
         self.writer.apply(settled).await?;
         for s in &mut sends {
-            s.permit = permits.split(1);
+            s.permit = permits.split(s.payments.len());
         }
         drop(permits);
         if !sends.is_empty() {
@@ -203,6 +219,7 @@ impl Dispatcher {
         let route_ctx = live.routing_ctx(now);
         let mut settled = Vec::new();
         let mut sends = Vec::new();
+        let mut bulk: std::collections::BTreeMap<String, Vec<Mapped>> = Default::default();
         for p in claimed {
             let mut script_map = payment_dynamic(&p);
             let (dfsp, fallbacks, route_version) = if p.status == Status::Received {
@@ -280,70 +297,183 @@ impl Dispatcher {
                 ));
                 continue;
             };
-            let key = match (&p.dfsp, &p.idempotency_key) {
-                (Some(d), Some(k)) if *d == dfsp => k.clone(),
-                _ => uuid::Uuid::new_v4().to_string(),
-            };
-            let ctx = adapter.request_ctx(
-                now,
-                p.attempts + 1,
-                Some(&key),
-                Some(format!(
-                    "{}/callbacks/{dfsp}",
-                    self.settings.public_url.trim_end_matches('/')
-                )),
-            );
-            // The adapter's parse_response sees the key and DFSP this send uses.
             if let Some(mut m) = script_map.write_lock::<Map>() {
-                m.insert("idempotency_key".into(), key.clone().into());
                 m.insert("dfsp".into(), dfsp.clone().into());
             }
-            match adapter.build_request(engine, script_map.clone(), ctx) {
-                Ok(request) => {
-                    let key = request.idempotency_key.clone().unwrap_or(key);
-                    let mut payment = p;
-                    payment.dfsp = Some(dfsp);
-                    payment.fallbacks = fallbacks;
-                    payment.route_version = route_version.or(payment.route_version);
-                    payment.adapter_version = Some(adapter.script.version.clone());
-                    sends.push(ToSend {
-                        payment,
-                        adapter: adapter.clone(),
-                        client: client.clone(),
-                        request,
-                        key,
-                        script_map,
-                        permit: None,
-                    });
-                }
-                Err(e) => {
-                    let change = Change::from(&p).with(|f| {
-                        f.dfsp = Some(Some(dfsp.clone()));
-                        f.route_version = route_version.clone();
-                        f.adapter_version = Some(adapter.script.version.clone());
-                        f.reason_code = Some("script_error".into());
-                        f.reason = Some(e.to_string());
-                        f.lease_until = Some(0);
-                    });
-                    let change = if p.status == Status::Received {
-                        change.step(Status::Routed, Some("routed"), Some(dfsp.clone()))
-                    } else {
-                        Ok(change)
+            let mapped = Mapped {
+                payment: p,
+                script_map,
+                dfsp: dfsp.clone(),
+                fallbacks,
+                route_version,
+                adapter: adapter.clone(),
+                client: client.clone(),
+            };
+            if adapter.can_batch() {
+                bulk.entry(dfsp).or_default().push(mapped);
+            } else {
+                self.map_one(engine, mapped, now, &mut settled, &mut sends);
+            }
+        }
+        for (_, group) in bulk {
+            let size = group
+                .first()
+                .map_or(1, |m| m.adapter.config.capabilities.bulk_size.max(1));
+            let mut group = group.into_iter().peekable();
+            while group.peek().is_some() {
+                let chunk: Vec<Mapped> = group.by_ref().take(size).collect();
+                if chunk.len() == 1 {
+                    for m in chunk {
+                        self.map_one(engine, m, now, &mut settled, &mut sends);
                     }
-                    .and_then(|c| {
-                        c.step(Status::Failed, Some("script_error"), Some(e.to_string()))
-                    });
-                    match change {
-                        Ok(c) => settled.push(c),
-                        Err(illegal) => {
-                            tracing::error!(payment = %p.id, %illegal, "cannot fail payment")
-                        }
-                    }
+                } else {
+                    self.map_bulk(engine, chunk, now, &mut settled, &mut sends);
                 }
             }
         }
         (settled, sends)
     }
+
+    fn callback_url(&self, dfsp: &str) -> String {
+        format!(
+            "{}/callbacks/{dfsp}",
+            self.settings.public_url.trim_end_matches('/')
+        )
+    }
+
+    /// `build_request` for one payment.
+    fn map_one(
+        &self,
+        engine: &rhai::Engine,
+        mut m: Mapped,
+        now: i64,
+        settled: &mut Vec<Change>,
+        sends: &mut Vec<ToSend>,
+    ) {
+        let p = &m.payment;
+        let key = match (&p.dfsp, &p.idempotency_key) {
+            (Some(d), Some(k)) if *d == m.dfsp => k.clone(),
+            _ => uuid::Uuid::new_v4().to_string(),
+        };
+        let ctx = m.adapter.request_ctx(
+            now,
+            p.attempts + 1,
+            Some(&key),
+            Some(self.callback_url(&m.dfsp)),
+        );
+        // The adapter's parse_response sees the key this send uses.
+        if let Some(mut map) = m.script_map.write_lock::<Map>() {
+            map.insert("idempotency_key".into(), key.clone().into());
+        }
+        match m.adapter.build_request(engine, m.script_map.clone(), ctx) {
+            Ok(request) => {
+                let key = request.idempotency_key.clone().unwrap_or(key);
+                sends.push(ToSend {
+                    payments: vec![(m.chosen(), m.script_map)],
+                    adapter: m.adapter,
+                    client: m.client,
+                    request,
+                    key,
+                    bulk_ctx: None,
+                    permit: None,
+                });
+            }
+            Err(e) => settled.extend(script_failure(&m, &e.to_string())),
+        }
+    }
+
+    /// `build_batch_request` for payments going to the same DFSP. Their shared idempotency
+    /// key is derived from their ids, so the same group always has the same key.
+    fn map_bulk(
+        &self,
+        engine: &rhai::Engine,
+        mut chunk: Vec<Mapped>,
+        now: i64,
+        settled: &mut Vec<Change>,
+        sends: &mut Vec<ToSend>,
+    ) {
+        let mut ids: Vec<&str> = chunk.iter().map(|m| m.payment.id.as_str()).collect();
+        ids.sort_unstable();
+        // 32 hex characters: within the 35 that ISO 20022 allows a MsgId.
+        let key = hex::encode(&sha2::Sha256::digest(ids.join(",").as_bytes())[..16]);
+        for m in &mut chunk {
+            if let Some(mut map) = m.script_map.write_lock::<Map>() {
+                map.insert("idempotency_key".into(), key.clone().into());
+            }
+        }
+        let first = &chunk[0];
+        let attempt = chunk.iter().map(|m| m.payment.attempts).max().unwrap_or(0) + 1;
+        let ctx = first.adapter.request_ctx(
+            now,
+            attempt,
+            Some(&key),
+            Some(self.callback_url(&first.dfsp)),
+        );
+        let maps: rhai::Array = chunk.iter().map(|m| m.script_map.clone()).collect();
+        match first.adapter.build_batch_request(engine, maps, ctx.clone()) {
+            Ok(request) => {
+                let adapter = first.adapter.clone();
+                let client = first.client.clone();
+                sends.push(ToSend {
+                    payments: chunk
+                        .into_iter()
+                        .map(|m| (m.chosen(), m.script_map))
+                        .collect(),
+                    adapter,
+                    client,
+                    request,
+                    key,
+                    bulk_ctx: Some(ctx),
+                    permit: None,
+                });
+            }
+            Err(e) => {
+                for m in &chunk {
+                    settled.extend(script_failure(m, &e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+impl Mapped {
+    /// The payment with its routing decision and the adapter version that maps it.
+    fn chosen(&self) -> Payment {
+        let mut payment = self.payment.clone();
+        payment.dfsp = Some(self.dfsp.clone());
+        payment.fallbacks = self.fallbacks.clone();
+        payment.route_version = self.route_version.clone().or(payment.route_version);
+        payment.adapter_version = Some(self.adapter.script.version.clone());
+        payment
+    }
+}
+
+/// A mapping script failed: the payment fails with its error; nothing was sent.
+fn script_failure(m: &Mapped, error: &str) -> Option<Change> {
+    let p = &m.payment;
+    let change = Change::from(p).with(|f| {
+        f.dfsp = Some(Some(m.dfsp.clone()));
+        f.route_version = m.route_version.clone();
+        f.adapter_version = Some(m.adapter.script.version.clone());
+        f.reason_code = Some("script_error".into());
+        f.reason = Some(error.to_string());
+        f.lease_until = Some(0);
+    });
+    let change = if p.status == Status::Received {
+        change.step(Status::Routed, Some("routed"), Some(m.dfsp.clone()))
+    } else {
+        Ok(change)
+    }
+    .and_then(|c| {
+        c.step(
+            Status::Failed,
+            Some("script_error"),
+            Some(error.to_string()),
+        )
+    });
+    change
+        .map_err(|illegal| tracing::error!(payment = %p.id, %illegal, "cannot fail payment"))
+        .ok()
 }
 
 /// Leaves a payment where it is for a few seconds: every DFSP it could go to is down.
@@ -355,12 +485,11 @@ fn defer(p: &Payment, now: i64) -> Change {
 }
 
 /// received|routed → sending, committed before the request leaves.
-fn sending_change(s: &ToSend, lease_until: i64) -> Result<Change, IllegalTransition> {
-    let p = &s.payment;
+fn sending_change(p: &Payment, key: &str, lease_until: i64) -> Result<Change, IllegalTransition> {
     let at = Change::at(&p.id, p.status).with(|f| {
         f.dfsp = Some(p.dfsp.clone());
         f.fallbacks = Some(p.fallbacks.clone());
-        f.idempotency_key = Some(Some(s.key.clone()));
+        f.idempotency_key = Some(Some(key.to_string()));
         f.route_version = p.route_version.clone();
         f.adapter_version = p.adapter_version.clone();
         f.lease_until = Some(lease_until);
@@ -394,11 +523,10 @@ fn settle(
         .ok()
 }
 
-/// Sends every request of a group concurrently and commits each outcome as it arrives,
-/// grouping outcomes that arrive together.
-/// Sends a group: each payment waits for a slot among its DFSP's requests in flight, then
-/// `sending` is committed for the payments that got one (grouped), then each request leaves in
-/// its own task; answers are committed as they arrive, grouped with whatever else finished.
+/// Sends a group: each request waits for a slot among its DFSP's requests in flight, then
+/// `sending` is committed for the payments of the requests that got one (grouped), then each
+/// request leaves in its own task; answers are committed as they arrive, grouped with whatever
+/// else finished. A bulk request counts as one request in flight.
 async fn send_all(writer: Writer, engine: Arc<rhai::Engine>, group: Vec<ToSend>, lease_ms: i64) {
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
     for s in group {
@@ -411,25 +539,29 @@ async fn send_all(writer: Writer, engine: Arc<rhai::Engine>, group: Vec<ToSend>,
     }
     drop(ready_tx);
     let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
-    let recorder = tokio::spawn(record_answers(writer.clone(), engine, done_rx));
+    let recorder = tokio::spawn(record_answers(writer.clone(), engine.clone(), done_rx));
     while let Some(first) = ready_rx.recv().await {
         let ready = gather(first, &mut ready_rx).await;
         let now = now_ms();
-        let mut changes = Vec::with_capacity(ready.len());
+        let mut changes = Vec::new();
         let mut going = Vec::with_capacity(ready.len());
-        for (s, slot) in ready {
-            match sending_change(&s, now + lease_ms) {
-                Ok(change) => {
-                    changes.push(change);
-                    going.push((s, slot));
-                }
-                Err(illegal) => {
-                    tracing::error!(payment = %s.payment.id, %illegal, "unexpected status at dispatch")
-                }
-            }
+        for (mut s, slot) in ready {
+            let key = s.key.clone();
+            s.payments
+                .retain(|(p, _)| match sending_change(p, &key, now + lease_ms) {
+                    Ok(change) => {
+                        changes.push(change);
+                        true
+                    }
+                    Err(illegal) => {
+                        tracing::error!(payment = %p.id, %illegal, "unexpected status at dispatch");
+                        false
+                    }
+                });
+            going.push((s, slot));
         }
-        let applied = match writer.apply(changes).await {
-            Ok(applied) => applied,
+        let mut applied = match writer.apply(changes).await {
+            Ok(applied) => applied.into_iter(),
             Err(e) => {
                 // Nothing was marked `sending`, so nothing leaves; the claim lease brings the
                 // payments back.
@@ -437,9 +569,27 @@ async fn send_all(writer: Writer, engine: Arc<rhai::Engine>, group: Vec<ToSend>,
                 continue;
             }
         };
-        for ((s, slot), applied) in going.into_iter().zip(applied) {
-            if applied != Applied::Done {
-                continue; // cancelled or taken by someone else meanwhile: not sent
+        for (mut s, slot) in going {
+            let before = s.payments.len();
+            // Cancelled or taken by someone else meanwhile: not sent.
+            s.payments
+                .retain(|_| applied.next().is_some_and(|a| a == Applied::Done));
+            if s.payments.is_empty() {
+                continue;
+            }
+            if s.payments.len() < before
+                && let Some(ctx) = s.bulk_ctx.clone()
+            {
+                // The bulk request must carry exactly the payments marked `sending`.
+                let maps = s.payments.iter().map(|(_, m)| m.clone()).collect();
+                match s.adapter.build_batch_request(&engine, maps, ctx) {
+                    Ok(request) => s.request = request,
+                    Err(e) => {
+                        let reason = format!("rebuilding the bulk request failed: {e}");
+                        let _ = done_tx.send((s, Sent::NotSent(reason), now, now_ms()));
+                        continue;
+                    }
+                }
             }
             let tx = done_tx.clone();
             tokio::spawn(async move {
@@ -480,7 +630,7 @@ async fn record_answers(
         let done = gather(first, &mut rx).await;
         let changes: Vec<Change> = done
             .iter()
-            .filter_map(|(s, sent, started, finished)| {
+            .flat_map(|(s, sent, started, finished)| {
                 after_send(&engine, s, sent, *started, *finished)
             })
             .collect();
@@ -493,18 +643,46 @@ async fn record_answers(
     }
 }
 
-/// The change that one send's result causes, from `sending`.
+/// What a send proves when the DFSP gave no answer a script could read.
+fn unanswered(sent: &Sent) -> Option<Outcome> {
+    let blank = |status, code: &str, reason: &str, not_executed| Outcome {
+        status,
+        dfsp_ref: None,
+        reason_code: Some(code.into()),
+        reason: Some(reason.to_string()),
+        not_executed,
+        retry: not_executed,
+        next: None,
+    };
+    match sent {
+        Sent::Response(_) => None,
+        Sent::NotSent(reason) => Some(blank(Reported::Failed, "not_sent", reason, true)),
+        Sent::Unknown(reason) => Some(blank(Reported::Unknown, "no_response", reason, false)),
+    }
+}
+
+fn script_unknown(e: &crate::script::ScriptError) -> Outcome {
+    Outcome {
+        status: Reported::Unknown,
+        dfsp_ref: None,
+        reason_code: Some("script_error".into()),
+        reason: Some(e.to_string()),
+        not_executed: false,
+        retry: false,
+        next: None,
+    }
+}
+
+/// The changes that one send's result causes, from `sending`: one per payment it carried.
 fn after_send(
     engine: &rhai::Engine,
     s: &ToSend,
     sent: &Sent,
     started: i64,
     finished: i64,
-) -> Option<Change> {
+) -> Vec<Change> {
     let cfg = &s.adapter.config;
-    let mut p = s.payment.clone();
-    p.attempts += 1;
-    let mut attempt = Attempt {
+    let attempt = Attempt {
         dfsp: cfg.id.clone(),
         kind: "submit",
         idempotency_key: Some(s.key.clone()),
@@ -516,51 +694,59 @@ fn after_send(
         outcome: String::new(),
         error: None,
     };
-    let outcome = match sent {
-        Sent::Response(resp) => {
-            attempt.http_status = Some(i64::from(resp.status));
-            match s.adapter.parse_response(engine, s.script_map.clone(), resp) {
-                Ok(o) => o,
+    let mut error = None;
+    let outcomes: Vec<Outcome> = match (sent, unanswered(sent)) {
+        (_, Some(o)) => {
+            error = o.reason.clone();
+            vec![o; s.payments.len()]
+        }
+        (Sent::Response(resp), None) if s.bulk_ctx.is_some() => {
+            let maps = s.payments.iter().map(|(_, m)| m.clone()).collect();
+            match s.adapter.parse_batch_response(engine, maps, resp) {
+                Ok(b) => s
+                    .payments
+                    .iter()
+                    .map(|(p, _)| b.for_payment(&p.id).clone())
+                    .collect(),
                 Err(e) => {
-                    attempt.error = Some(e.to_string());
-                    Outcome {
-                        status: Reported::Unknown,
-                        dfsp_ref: None,
-                        reason_code: Some("script_error".into()),
-                        reason: Some(e.to_string()),
-                        not_executed: false,
-                        retry: false,
-                        next: None,
-                    }
+                    error = Some(e.to_string());
+                    vec![script_unknown(&e); s.payments.len()]
                 }
             }
         }
-        Sent::NotSent(reason) => {
-            attempt.error = Some(reason.clone());
-            Outcome {
-                status: Reported::Failed,
-                dfsp_ref: None,
-                reason_code: Some("not_sent".into()),
-                reason: Some(reason.clone()),
-                not_executed: true,
-                retry: true,
-                next: None,
-            }
-        }
-        Sent::Unknown(reason) => {
-            attempt.error = Some(reason.clone());
-            Outcome {
-                status: Reported::Unknown,
-                dfsp_ref: None,
-                reason_code: Some("no_response".into()),
-                reason: Some(reason.clone()),
-                not_executed: false,
-                retry: false,
-                next: None,
-            }
-        }
+        (Sent::Response(resp), None) => s
+            .payments
+            .iter()
+            .map(|(_, m)| {
+                s.adapter
+                    .parse_response(engine, m.clone(), resp)
+                    .unwrap_or_else(|e| {
+                        error = Some(e.to_string());
+                        script_unknown(&e)
+                    })
+            })
+            .collect(),
+        _ => Vec::new(),
     };
-    attempt.outcome = format!("{:?}", outcome.status).to_lowercase();
-    report_change(&p, Status::Sending, cfg, &outcome, now_ms(), false)
-        .map(|c| c.with_attempt(attempt))
+    let http_status = match sent {
+        Sent::Response(resp) => Some(i64::from(resp.status)),
+        _ => None,
+    };
+    let now = now_ms();
+    s.payments
+        .iter()
+        .zip(outcomes)
+        .filter_map(|((p, _), outcome)| {
+            let mut p = p.clone();
+            p.attempts += 1;
+            let attempt = Attempt {
+                http_status,
+                outcome: format!("{:?}", outcome.status).to_lowercase(),
+                error: error.clone(),
+                ..attempt.clone()
+            };
+            report_change(&p, Status::Sending, cfg, &outcome, now, false)
+                .map(|c| c.with_attempt(attempt))
+        })
+        .collect()
 }

@@ -44,7 +44,7 @@ pub struct DfspResponse {
 }
 
 /// The outcome of one send, classified by what it proves about execution.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Sent {
     Response(DfspResponse),
     /// The request surely did not reach the DFSP.

@@ -5,7 +5,12 @@
 //!   `expect_status_request` out (`build_status_request`, `null` when it cannot look up);
 //! - a payment + `response` in → `expect` out (`parse_response`), or `status_response` in
 //!   (`parse_status_response`);
-//! - a `callback` in → `expect` out (`parse_callback`; `null` when it should be ignored).
+//! - a `callback` in → `expect` out (`parse_callback`; `null` when it should be ignored, a
+//!   list when it reports on several payments);
+//! - `payments` (a list) in → `expect_batch_request` out (`build_batch_request`), or with a
+//!   `batch_response` in → `expect` out (`parse_batch_response`: the outcome for all, and
+//!   `items` listing the payments it names on their own, in the order of `payments`).
+//!   Payments without an `id` get `…000000000001`, `…000000000002`, ... by position.
 //!
 //! Expected values are compared exactly, except the string `"<any>"`, which matches anything
 //! present (for generated ids and times). Only the keys a fixture names are checked in
@@ -123,6 +128,26 @@ fn load(file: &Path) -> Result<Value, String> {
 /// the fixture's (or a fixed) id, idempotency key, DFSP reference and attributes.
 fn payment(fixture: &Value, adapter_id: &str) -> Result<Dynamic, String> {
     let p = fixture.get("payment").cloned().unwrap_or_else(|| json!({}));
+    payment_of(&p, FIXTURE_PAYMENT_ID, adapter_id)
+}
+
+/// The fixture's `payments` list, each as [`payment`] makes it.
+fn payments(fixture: &Value, adapter_id: &str) -> Result<rhai::Array, String> {
+    let list = fixture
+        .get("payments")
+        .and_then(Value::as_array)
+        .ok_or("'payments' must be a list of payments")?;
+    let prefix = &FIXTURE_PAYMENT_ID[..FIXTURE_PAYMENT_ID.len() - 12];
+    list.iter()
+        .enumerate()
+        .map(|(i, p)| {
+            payment_of(p, &format!("{prefix}{:012}", i + 1), adapter_id)
+                .map_err(|e| format!("payments[{i}]: {e}"))
+        })
+        .collect()
+}
+
+fn payment_of(p: &Value, default_id: &str, adapter_id: &str) -> Result<Dynamic, String> {
     let g = |k: &str| p.get(k).cloned();
     let item = Item {
         reference_id: g("reference_id").or(Some(json!("fixture-1"))),
@@ -148,7 +173,7 @@ fn payment(fixture: &Value, adapter_id: &str) -> Result<Dynamic, String> {
     row.id = p
         .get("id")
         .and_then(Value::as_str)
-        .unwrap_or(FIXTURE_PAYMENT_ID)
+        .unwrap_or(default_id)
         .to_string();
     row.attributes = g("attributes");
     let mut payment = ingest::received_payment(&row, "fixture-batch", "fixture", FIXTURE_NOW)
@@ -255,7 +280,39 @@ fn run_one(bundle: &Bundle, adapter: &Adapter, f: &Value) -> Vec<String> {
     let mut problems = Vec::new();
     let payment = || payment(f, id);
     let result: Result<(), String> = (|| {
-        if let Some(expected) = f.get("expect_request") {
+        if let Some(expected) = f.get("expect_batch_request") {
+            let req = adapter
+                .build_batch_request(engine, payments(f, id)?, ctx(adapter, f))
+                .map_err(|e| e.to_string())?;
+            compare_request(expected, &request_json(&req), &mut problems);
+        } else if let Some(r) = f.get("batch_response") {
+            let expected = f
+                .get("expect")
+                .ok_or("a batch_response fixture needs 'expect'")?;
+            let list = payments(f, id)?;
+            let ids: Vec<String> = list
+                .iter()
+                .filter_map(|p| {
+                    p.read_lock::<Map>()
+                        .and_then(|m| crate::script::map_str(&m, "id"))
+                })
+                .collect();
+            let out = adapter
+                .parse_batch_response(engine, list, &response(r)?)
+                .map_err(|e| e.to_string())?;
+            let mut actual = outcome_json(&out.all);
+            actual["items"] = ids
+                .iter()
+                .filter_map(|pid| {
+                    out.items.get(pid).map(|o| {
+                        let mut v = outcome_json(o);
+                        v["payment_id"] = json!(pid);
+                        v
+                    })
+                })
+                .collect();
+            compare_subset("", expected, &actual, &mut problems);
+        } else if let Some(expected) = f.get("expect_request") {
             let req = adapter
                 .build_request(engine, payment()?, ctx(adapter, f))
                 .map_err(|e| e.to_string())?;
@@ -305,9 +362,9 @@ fn run_one(bundle: &Bundle, adapter: &Adapter, f: &Value) -> Vec<String> {
             let got = adapter
                 .parse_callback(engine, Dynamic::from_map(req))
                 .map_err(|e| e.to_string())?;
-            let actual = match got {
-                None => Value::Null,
-                Some((m, o)) => {
+            let mut reports: Vec<Value> = got
+                .into_iter()
+                .map(|(m, o)| {
                     let mut v = outcome_json(&o);
                     v["match"] = match m {
                         CallbackMatch::PaymentId(x) => json!({"payment_id": x}),
@@ -315,7 +372,13 @@ fn run_one(bundle: &Bundle, adapter: &Adapter, f: &Value) -> Vec<String> {
                         CallbackMatch::ReferenceId(x) => json!({"reference_id": x}),
                     };
                     v
-                }
+                })
+                .collect();
+            let actual = match (expected, reports.len()) {
+                (_, 0) => Value::Null,
+                (Value::Array(_), _) => Value::Array(reports),
+                (_, 1) => reports.remove(0),
+                _ => Value::Array(reports),
             };
             if expected.is_null() || actual.is_null() {
                 if expected != &actual {
@@ -325,7 +388,7 @@ fn run_one(bundle: &Bundle, adapter: &Adapter, f: &Value) -> Vec<String> {
                 compare_subset("", expected, &actual, &mut problems);
             }
         } else {
-            return Err("a fixture needs expect_request, expect_status_request, response, status_response or callback".into());
+            return Err("a fixture needs expect_request, expect_status_request, response, status_response, callback, expect_batch_request or batch_response".into());
         }
         Ok(())
     })();
@@ -363,6 +426,19 @@ fn compare_subset(path: &str, expected: &Value, actual: &Value, problems: &mut V
                     format!("{path}.{k}")
                 };
                 compare_subset(&p, ev, a.get(k).unwrap_or(&Value::Null), problems);
+            }
+        }
+        // Lists of outcomes (callback reports, batch items): each element as a subset.
+        (Value::Array(e), Value::Array(a)) if e.iter().all(Value::is_object) => {
+            if e.len() != a.len() {
+                problems.push(format!(
+                    "{path}: expected {} entries, got {}",
+                    e.len(),
+                    a.len()
+                ));
+            }
+            for (i, (ev, av)) in e.iter().zip(a).enumerate() {
+                compare_subset(&format!("{path}[{i}]"), ev, av, problems);
             }
         }
         _ => compare_exact(path, expected, actual, problems),

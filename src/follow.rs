@@ -160,6 +160,8 @@ pub enum CallbackOutcome {
     UnknownPayment,
     Ignored,
     ScriptError(String),
+    /// A report on several payments (e.g. a bank's status report for a whole file).
+    Many(Vec<CallbackOutcome>),
 }
 
 impl CallbackOutcome {
@@ -170,6 +172,15 @@ impl CallbackOutcome {
             CallbackOutcome::UnknownPayment => "unknown_payment".into(),
             CallbackOutcome::Ignored => "ignored".into(),
             CallbackOutcome::ScriptError(e) => format!("script_error: {e}"),
+            CallbackOutcome::Many(all) => {
+                let count = |f: fn(&CallbackOutcome) -> bool| all.iter().filter(|o| f(o)).count();
+                format!(
+                    "applied {}, no_change {}, unknown_payment {}",
+                    count(|o| matches!(o, CallbackOutcome::Applied(_))),
+                    count(|o| matches!(o, CallbackOutcome::NoChange(_))),
+                    count(|o| matches!(o, CallbackOutcome::UnknownPayment)),
+                )
+            }
         }
     }
 }
@@ -203,20 +214,31 @@ pub async fn handle_callback(
     } else {
         match adapter.parse_callback(&live.bundle.engine, Dynamic::from_map(req)) {
             Err(e) => CallbackOutcome::ScriptError(e.to_string()),
-            Ok(None) => CallbackOutcome::Ignored,
-            Ok(Some((matcher, report))) => {
-                let lookup = match matcher {
-                    CallbackMatch::PaymentId(id) => Lookup::Id(id),
-                    CallbackMatch::DfspRef(r) => Lookup::DfspRef {
-                        dfsp: dfsp.clone(),
-                        dfsp_ref: r,
-                    },
-                    CallbackMatch::ReferenceId(r) => Lookup::Reference {
-                        sender_id: None,
-                        reference_id: r,
-                    },
-                };
-                apply_report(store, writer, &adapter.config, &dfsp, &lookup, &report).await?
+            Ok(reports) if reports.is_empty() => CallbackOutcome::Ignored,
+            Ok(reports) => {
+                let mut outcomes = Vec::with_capacity(reports.len());
+                for (matcher, report) in reports {
+                    let lookup = match matcher {
+                        CallbackMatch::PaymentId(id) => Lookup::Id(id),
+                        CallbackMatch::DfspRef(r) => Lookup::DfspRef {
+                            dfsp: dfsp.clone(),
+                            dfsp_ref: r,
+                        },
+                        CallbackMatch::ReferenceId(r) => Lookup::Reference {
+                            sender_id: None,
+                            reference_id: r,
+                        },
+                    };
+                    outcomes.push(
+                        apply_report(store, writer, &adapter.config, &dfsp, &lookup, &report)
+                            .await?,
+                    );
+                }
+                if outcomes.len() == 1 {
+                    outcomes.remove(0)
+                } else {
+                    CallbackOutcome::Many(outcomes)
+                }
             }
         }
     };
@@ -295,6 +317,7 @@ pub async fn poll_once(
     let engine = live.bundle.engine.clone();
     let mut parked = Vec::new();
     let mut queries = FuturesUnordered::new();
+    let shared_reads = SharedReads::default();
     for p in &claimed {
         let dfsp = p.dfsp.clone().unwrap_or_default();
         let (Some(adapter), Some(client)) = (live.bundle.adapter(&dfsp), live.clients.get(&dfsp))
@@ -330,9 +353,10 @@ pub async fn poll_once(
         let adapter = adapter.clone();
         let client = client.clone();
         let engine = engine.clone();
+        let shared_reads = shared_reads.clone();
         queries.push(async move {
             let started = now_ms();
-            let sent = client.send(&req).await;
+            let sent = shared_reads.send(&dfsp, &client, &req).await;
             let finished = now_ms();
             let mut attempt = Attempt {
                 dfsp: adapter.config.id.clone(),
@@ -354,7 +378,7 @@ pub async fn poll_once(
                     break;
                 };
                 let started = now_ms();
-                let sent = client.send(&next).await;
+                let sent = shared_reads.send(&dfsp, &client, &next).await;
                 attempt = Attempt {
                     kind: "continue",
                     method: next.method.to_string(),
@@ -391,6 +415,39 @@ pub async fn poll_once(
     }
     writer.apply(changes).await.map_err(CallbackError::Write)?;
     Ok(claimed.len())
+}
+
+/// Within one poll, identical `GET`s to the same DFSP are sent once and their answer read by
+/// every payment that asked: the payments of one bulk request usually look up the same file
+/// or batch. Only reads are shared; anything else is sent as asked.
+#[derive(Clone, Default)]
+struct SharedReads(
+    Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::OnceCell<Sent>>>>>,
+);
+
+impl SharedReads {
+    async fn send(
+        &self,
+        dfsp: &str,
+        client: &crate::executor::DfspClient,
+        req: &crate::executor::DfspRequest,
+    ) -> Sent {
+        if req.method != reqwest::Method::GET || req.body.is_some() {
+            return client.send(req).await;
+        }
+        let mut key = format!("{dfsp} {}", req.path);
+        for (k, v) in &req.headers {
+            key.push_str(&format!("\n{k}: {v}"));
+        }
+        let cell = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key)
+            .or_default()
+            .clone();
+        cell.get_or_init(|| client.send(req)).await.clone()
+    }
 }
 
 /// What a status query (or continuation) answer says, noting the exchange in `attempt`.

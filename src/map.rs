@@ -1,6 +1,7 @@
-//! Calls to an adapter's script contract and the typed results: `build_request` and
-//! `build_status_request` (payment → [`DfspRequest`]), `parse_response`,
-//! `parse_status_response` and `parse_callback` (DFSP message → [`Outcome`]). Everything a
+//! Calls to an adapter's script contract and the typed results: `build_request`,
+//! `build_status_request` (payment → [`DfspRequest`]) and `build_batch_request` (payments →
+//! one bulk request), `parse_response`, `parse_status_response` and `parse_callback` (DFSP
+//! message → [`Outcome`]) and `parse_batch_response` (bulk answer → [`BatchOutcome`]). Everything a
 //! script returns is checked here; a malformed result is a [`ScriptError`] for that payment.
 //! No I/O happens here.
 
@@ -35,6 +36,21 @@ pub struct Outcome {
     /// accepting the party or the quote). Never a new submission: it names a transfer the DFSP
     /// already holds. The poller sends it and reads the answer with `parse_status_response`.
     pub next: Option<DfspRequest>,
+}
+
+/// What a script made of the answer to a bulk request: one outcome for every payment it
+/// carried, except those the answer names on their own.
+#[derive(Debug, Clone)]
+pub struct BatchOutcome {
+    pub all: Outcome,
+    /// Payment id → its own outcome.
+    pub items: std::collections::HashMap<String, Outcome>,
+}
+
+impl BatchOutcome {
+    pub fn for_payment(&self, id: &str) -> &Outcome {
+        self.items.get(id).unwrap_or(&self.all)
+    }
 }
 
 /// How a callback names its payment.
@@ -107,19 +123,79 @@ impl Adapter {
         self.outcome_from(&out, "parse_status_response")
     }
 
-    /// `None` when the script ignores the callback (returned `()`).
+    /// One bulk request for `payments` (an array of payment maps), which share `ctx`.
+    pub fn build_batch_request(
+        &self,
+        engine: &rhai::Engine,
+        payments: rhai::Array,
+        ctx: Dynamic,
+    ) -> Result<DfspRequest, ScriptError> {
+        let out = self
+            .script
+            .call(engine, "build_batch_request", (payments, ctx))?;
+        self.request_from(out, "build_batch_request")
+    }
+
+    /// The script returns one outcome map for the whole request; its optional `items` list
+    /// holds outcomes of single payments (each with `payment_id`) that differ from it.
+    pub fn parse_batch_response(
+        &self,
+        engine: &rhai::Engine,
+        payments: rhai::Array,
+        response: &DfspResponse,
+    ) -> Result<BatchOutcome, ScriptError> {
+        const FUNC: &str = "parse_batch_response";
+        let out = self
+            .script
+            .call(engine, FUNC, (payments, response_map(response)))?;
+        let all = self.outcome_from(&out, FUNC)?;
+        let mut items = std::collections::HashMap::new();
+        let listed = out
+            .read_lock::<Map>()
+            .and_then(|m| m.get("items").cloned())
+            .filter(|i| !i.is_unit());
+        if let Some(list) = listed {
+            let list = list
+                .try_cast::<rhai::Array>()
+                .ok_or_else(|| self.fail(format!("{FUNC}: 'items' must be an array")))?;
+            for item in list {
+                let id = item
+                    .read_lock::<Map>()
+                    .and_then(|m| map_str(&m, "payment_id"))
+                    .ok_or_else(|| self.fail(format!("{FUNC}: every item needs a 'payment_id'")))?;
+                items.insert(id, self.outcome_from(&item, FUNC)?);
+            }
+        }
+        Ok(BatchOutcome { all, items })
+    }
+
+    /// Empty when the script ignores the callback (returned `()`). A callback may report on
+    /// many payments (a bank's status report for a whole file): the script then returns an
+    /// array of reports, each with its own `match`.
     pub fn parse_callback(
         &self,
         engine: &rhai::Engine,
         request: Dynamic,
-    ) -> Result<Option<(CallbackMatch, Outcome)>, ScriptError> {
+    ) -> Result<Vec<(CallbackMatch, Outcome)>, ScriptError> {
         let out = self.script.call(engine, "parse_callback", (request,))?;
         if out.is_unit() {
-            return Ok(None);
+            return Ok(Vec::new());
         }
+        if out.is_array() {
+            let list = out.cast::<rhai::Array>();
+            return list
+                .iter()
+                .filter(|r| !r.is_unit())
+                .map(|r| self.callback_report(r))
+                .collect();
+        }
+        Ok(vec![self.callback_report(&out)?])
+    }
+
+    fn callback_report(&self, out: &Dynamic) -> Result<(CallbackMatch, Outcome), ScriptError> {
         let map = out
             .read_lock::<Map>()
-            .ok_or_else(|| self.fail("parse_callback must return a map or ()"))?
+            .ok_or_else(|| self.fail("parse_callback must return a map, an array of maps or ()"))?
             .clone();
         let m = map
             .get("match")
@@ -137,7 +213,7 @@ impl Adapter {
             return Err(self
                 .fail("parse_callback: 'match' needs one of payment_id, dfsp_ref, reference_id"));
         };
-        Ok(Some((matcher, self.outcome_from(&out, "parse_callback")?)))
+        Ok((matcher, self.outcome_from(out, "parse_callback")?))
     }
 
     fn request_from(&self, out: Dynamic, func: &str) -> Result<DfspRequest, ScriptError> {

@@ -229,6 +229,7 @@ async fn callback(
                 CallbackOutcome::UnknownPayment => (StatusCode::OK, "unknown_payment"),
                 CallbackOutcome::Ignored => (StatusCode::OK, "ignored"),
                 CallbackOutcome::ScriptError(_) => (StatusCode::OK, "stored"),
+                CallbackOutcome::Many(_) => (StatusCode::OK, "applied"),
             };
             if let CallbackOutcome::ScriptError(e) = &outcome {
                 tracing::warn!(error = %e, "callback stored but not understood");

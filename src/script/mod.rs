@@ -181,6 +181,11 @@ impl Adapter {
     pub fn can_parse_callbacks(&self) -> bool {
         self.script.has_fn("parse_callback", 1)
     }
+    /// Bulk sending is on: `capabilities.bulk_size` above 1 and both bulk functions defined
+    /// (loading refuses one without the other).
+    pub fn can_batch(&self) -> bool {
+        self.config.capabilities.bulk_size > 1 && self.script.has_fn("build_batch_request", 2)
+    }
 
     /// `ctx` for `build_request` and `build_status_request`: `#{now, settings, secrets,
     /// attempt, idempotency_key, callback_url}` (`idempotency_key` only when sending).
@@ -302,6 +307,24 @@ fn load_adapter(engine: &Engine, dir: &Path) -> Result<Adapter, Vec<ScriptError>
                 "build_status_request/2 and parse_status_response/2 go together: define both or neither",
             ));
         }
+        if script.has_fn("build_batch_request", 2) != script.has_fn("parse_batch_response", 2) {
+            errors.push(ScriptError::whole_file(
+                &script.file,
+                "build_batch_request/2 and parse_batch_response/2 go together: define both or neither",
+            ));
+        }
+    }
+    if let (Some(config), Some(script)) = (&config, &script)
+        && config.capabilities.bulk_size > 1
+        && !script.has_fn("build_batch_request", 2)
+    {
+        errors.push(ScriptError::whole_file(
+            &dir.join("adapter.toml").display().to_string(),
+            format!(
+                "capabilities.bulk_size is {} but {} defines no build_batch_request/2",
+                config.capabilities.bulk_size, script.file
+            ),
+        ));
     }
     if let Some(config) = &config {
         let folder = dir.file_name().map(|n| n.to_string_lossy().to_string());
