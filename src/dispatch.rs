@@ -24,7 +24,7 @@ use crate::map::{Outcome, Reported};
 use crate::payment::{Attempt, Change, IllegalTransition, Payment, Status};
 use crate::route::{Decision, Live, route};
 use crate::script::Adapter;
-use crate::script::convert::payment_dynamic;
+use crate::script::convert::{payment_dynamic, unshared};
 use crate::store::{Applied, Claim, Store, Writer};
 
 #[derive(Debug, Clone)]
@@ -409,7 +409,7 @@ impl Dispatcher {
             Some(&key),
             Some(self.callback_url(&first.dfsp)),
         );
-        let maps: rhai::Array = chunk.iter().map(|m| m.script_map.clone()).collect();
+        let maps: rhai::Array = chunk.iter().map(|m| unshared(&m.script_map)).collect();
         match first.adapter.build_batch_request(engine, maps, ctx.clone()) {
             Ok(request) => {
                 let adapter = first.adapter.clone();
@@ -581,7 +581,7 @@ async fn send_all(writer: Writer, engine: Arc<rhai::Engine>, group: Vec<ToSend>,
                 && let Some(ctx) = s.bulk_ctx.clone()
             {
                 // The bulk request must carry exactly the payments marked `sending`.
-                let maps = s.payments.iter().map(|(_, m)| m.clone()).collect();
+                let maps = s.payments.iter().map(|(_, m)| unshared(m)).collect();
                 match s.adapter.build_batch_request(&engine, maps, ctx) {
                     Ok(request) => s.request = request,
                     Err(e) => {
@@ -701,7 +701,7 @@ fn after_send(
             vec![o; s.payments.len()]
         }
         (Sent::Response(resp), None) if s.bulk_ctx.is_some() => {
-            let maps = s.payments.iter().map(|(_, m)| m.clone()).collect();
+            let maps = s.payments.iter().map(|(_, m)| unshared(m)).collect();
             match s.adapter.parse_batch_response(engine, maps, resp) {
                 Ok(b) => s
                     .payments

@@ -142,6 +142,7 @@ fn payments(fixture: &Value, adapter_id: &str) -> Result<rhai::Array, String> {
         .enumerate()
         .map(|(i, p)| {
             payment_of(p, &format!("{prefix}{:012}", i + 1), adapter_id)
+                .map(|p| crate::script::convert::unshared(&p))
                 .map_err(|e| format!("payments[{i}]: {e}"))
         })
         .collect()

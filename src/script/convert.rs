@@ -21,6 +21,22 @@ pub fn shared(map: Map) -> Dynamic {
     Dynamic::from_map(map).into_shared()
 }
 
+/// A deep copy with no shared value left inside. Rhai's size checks refuse (by panicking) to
+/// measure an array that holds shared values, so the payments handed to bulk functions as one
+/// array are copied this way first.
+pub fn unshared(value: &Dynamic) -> Dynamic {
+    let value = value.flatten_clone();
+    if value.is_map() {
+        let map = value.cast::<Map>();
+        return Dynamic::from_map(map.iter().map(|(k, v)| (k.clone(), unshared(v))).collect());
+    }
+    if value.is_array() {
+        let list = value.cast::<rhai::Array>();
+        return Dynamic::from_array(list.iter().map(unshared).collect());
+    }
+    value
+}
+
 /// The payment as scripts see it, shared (see [`shared`]). Scripts treat it as read-only.
 pub fn payment_dynamic(p: &Payment) -> Dynamic {
     shared(payment_map(p))

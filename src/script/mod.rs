@@ -138,10 +138,32 @@ impl Script {
     ) -> Result<Dynamic, ScriptError> {
         let mut scope = Scope::new();
         let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
-        engine::with_deadline(|| {
-            engine.call_fn_with_options::<Dynamic>(options, &mut scope, &self.ast, name, args)
-        })
-        .map_err(|e| ScriptError::from_eval(&self.file, &e))
+        // Rhai panics (an `unreachable!` in its size checks) when a script puts a map that PIL
+        // shares with it, such as the payment, inside an array or map. A script must never take
+        // its worker down, so that becomes this call's error.
+        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            engine::with_deadline(|| {
+                engine.call_fn_with_options::<Dynamic>(options, &mut scope, &self.ast, name, args)
+            })
+        }));
+        match called {
+            Ok(result) => result.map_err(|e| ScriptError::from_eval(&self.file, &e)),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown");
+                Err(ScriptError::whole_file(
+                    &self.file,
+                    format!(
+                        "{name}: the script engine stopped ({what}); a known cause is putting \
+                         the payment map itself (or another argument) inside an array or map: \
+                         copy the fields you need instead"
+                    ),
+                ))
+            }
+        }
     }
 }
 
