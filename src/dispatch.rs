@@ -414,6 +414,7 @@ impl Dispatcher {
             Ok(request) => {
                 let adapter = first.adapter.clone();
                 let client = first.client.clone();
+                let key = request.idempotency_key.clone().unwrap_or(key);
                 sends.push(ToSend {
                     payments: chunk
                         .into_iter()

@@ -5,17 +5,12 @@
 //! Throughout, the simulator's count of executions per payment proves nothing was paid twice.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, Uri};
-use axum::response::{IntoResponse, Response};
 use pil::simulator::SimConfig;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, payment, spawn_app, spawn_with, status};
+use crate::helpers::{TestApp, payment, recorded_app, spawn_app, spawn_with, status};
 use crate::spec::Spec;
 
 const SPEC_FILE: &str = "specs/gsma-mmapi-1.2.0-disbursements.yaml";
@@ -427,90 +422,6 @@ async fn gsma_tokens_revoked_mid_batch_are_renewed_without_paying_twice() {
     assert!(tokens["issued"].as_u64() >= Some(2), "{tokens}");
 }
 
-/// One exchange seen by [`Recorder`].
-#[derive(Debug, Clone)]
-struct Exchange {
-    method: String,
-    path: String,
-    headers: BTreeMap<String, String>,
-    body: Value,
-    status: u16,
-    response: Value,
-}
-
-/// A recording HTTP proxy between PIL and the simulator (and between the simulator's callbacks
-/// and PIL), so that the real traffic can be checked against the spec.
-#[derive(Clone, Default)]
-struct Recorder {
-    sim: Arc<Mutex<String>>,
-    pil: Arc<Mutex<String>>,
-    seen: Arc<Mutex<Vec<Exchange>>>,
-}
-
-fn parse_json(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes).unwrap_or(Value::Null)
-}
-
-async fn forward(
-    State(rec): State<Recorder>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let path = uri
-        .path_and_query()
-        .map_or(uri.path().to_string(), |p| p.to_string());
-    let target = if path.starts_with("/callbacks/") {
-        rec.pil.lock().expect("lock").clone()
-    } else {
-        rec.sim.lock().expect("lock").clone()
-    };
-    let mut req = reqwest::Client::new().request(method.clone(), format!("{target}{path}"));
-    for (k, v) in &headers {
-        if !matches!(k.as_str(), "host" | "content-length" | "connection") {
-            req = req.header(k, v);
-        }
-    }
-    let Ok(resp) = req.body(body.clone()).send().await else {
-        return axum::http::StatusCode::BAD_GATEWAY.into_response();
-    };
-    let status = resp.status();
-    let content_type = resp.headers().get("content-type").cloned();
-    let answer = resp.bytes().await.unwrap_or_default();
-    rec.seen.lock().expect("lock").push(Exchange {
-        method: method.to_string(),
-        path: uri.path().to_string(),
-        headers: headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-            .collect(),
-        body: parse_json(&body),
-        status: status.as_u16(),
-        response: parse_json(&answer),
-    });
-    let mut out = (status, answer).into_response();
-    if let Some(ct) = content_type {
-        out.headers_mut().insert("content-type", ct);
-    }
-    out
-}
-
-async fn recorder() -> (Recorder, String) {
-    let rec = Recorder::default();
-    let app = axum::Router::new()
-        .fallback(forward)
-        .with_state(rec.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (rec, url)
-}
-
 fn check(spec: &Spec, pointer: &str, what: &str, v: &Value) {
     spec.validate_at(pointer, v, &[])
         .unwrap_or_else(|e| panic!("{what} {v}: {e:#?}"));
@@ -518,30 +429,11 @@ fn check(spec: &Spec, pointer: &str, what: &str, v: &Value) {
 
 #[tokio::test]
 async fn gsma_traffic_validates_against_the_spec() {
-    let (rec, proxy) = recorder().await;
-    let app = {
-        let (rec, proxy) = (rec.clone(), proxy.clone());
-        spawn_with(SimConfig::default(), move |s, dir| {
-            // PIL → proxy → simulator, and simulator callbacks → proxy → PIL.
-            let path = dir.join("adapters/gsma-mmapi/adapter.toml");
-            let text = std::fs::read_to_string(&path).expect("read");
-            let mut lines = Vec::new();
-            for l in text.lines() {
-                if let Some(url) = l.strip_prefix("base_url = ") {
-                    *rec.sim.lock().expect("lock") = url.trim_matches('"').to_string();
-                    lines.push(format!("base_url = \"{proxy}\""));
-                } else if l.starts_with("sub_type") {
-                    lines.push("sub_type = \"g2p-cash\"".to_string());
-                } else {
-                    lines.push(l.to_string());
-                }
-            }
-            std::fs::write(&path, lines.join("\n")).expect("write");
-            s.public_url = Some(proxy);
-        })
-        .await
-    };
-    *rec.pil.lock().expect("lock") = app.url.clone();
+    let (app, rec, proxy) = recorded_app(SimConfig::default(), "gsma-mmapi", |l| {
+        l.starts_with("sub_type")
+            .then(|| "sub_type = \"g2p-cash\"".to_string())
+    })
+    .await;
     let batch = app
         .submit(
             "gsma-spec",

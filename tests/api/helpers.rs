@@ -1,5 +1,12 @@
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
 
 use pil::config::Settings;
 use pil::simulator::{self, RunningSimulator, SimConfig};
@@ -214,3 +221,125 @@ impl TestApp {
 pub fn status(p: &Value) -> &str {
     p["status"].as_str().unwrap_or_default()
 }
+
+/// One exchange seen by [`Recorder`].
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub method: String,
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+    /// The request body, parsed when it is JSON (else null), and as text.
+    pub body: Value,
+    pub text: String,
+    pub status: u16,
+    pub response: Value,
+    pub response_text: String,
+}
+
+/// A recording HTTP proxy between PIL and the simulator (and between the simulator's callbacks
+/// and PIL), so that the real traffic can be checked against the spec.
+#[derive(Clone, Default)]
+pub struct Recorder {
+    pub sim: Arc<Mutex<String>>,
+    pub pil: Arc<Mutex<String>>,
+    pub seen: Arc<Mutex<Vec<Exchange>>>,
+}
+
+fn parse_json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap_or(Value::Null)
+}
+
+async fn forward(
+    State(rec): State<Recorder>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri
+        .path_and_query()
+        .map_or(uri.path().to_string(), |p| p.to_string());
+    let target = if path.starts_with("/callbacks/") {
+        rec.pil.lock().expect("lock").clone()
+    } else {
+        rec.sim.lock().expect("lock").clone()
+    };
+    let mut req = reqwest::Client::new().request(method.clone(), format!("{target}{path}"));
+    for (k, v) in &headers {
+        if !matches!(k.as_str(), "host" | "content-length" | "connection") {
+            req = req.header(k, v);
+        }
+    }
+    let Ok(resp) = req.body(body.clone()).send().await else {
+        return axum::http::StatusCode::BAD_GATEWAY.into_response();
+    };
+    let status = resp.status();
+    let content_type = resp.headers().get("content-type").cloned();
+    let answer = resp.bytes().await.unwrap_or_default();
+    rec.seen.lock().expect("lock").push(Exchange {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        headers: headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect(),
+        body: parse_json(&body),
+        text: String::from_utf8_lossy(&body).to_string(),
+        status: status.as_u16(),
+        response: parse_json(&answer),
+        response_text: String::from_utf8_lossy(&answer).to_string(),
+    });
+    let mut out = (status, answer).into_response();
+    if let Some(ct) = content_type {
+        out.headers_mut().insert("content-type", ct);
+    }
+    out
+}
+
+pub async fn recorder() -> (Recorder, String) {
+    let rec = Recorder::default();
+    let app = axum::Router::new()
+        .fallback(forward)
+        .with_state(rec.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (rec, url)
+}
+
+/// An app whose adapter `adapter` talks to the simulator through a [`Recorder`], and whose
+/// callback URLs point at the recorder too. `line` may replace lines of the adapter.toml.
+pub async fn recorded_app(
+    sim: SimConfig,
+    adapter: &str,
+    line: impl Fn(&str) -> Option<String> + Send + 'static,
+) -> (TestApp, Recorder, String) {
+    let (rec, proxy) = recorder().await;
+    let app = {
+        let (rec, proxy) = (rec.clone(), proxy.clone());
+        let adapter = adapter.to_string();
+        spawn_with(sim, move |s, dir| {
+            let path = dir.join(format!("adapters/{adapter}/adapter.toml"));
+            let text = std::fs::read_to_string(&path).expect("read");
+            let mut lines = Vec::new();
+            for l in text.lines() {
+                if let Some(url) = l.strip_prefix("base_url = ") {
+                    *rec.sim.lock().expect("lock") = url.trim_matches('"').to_string();
+                    lines.push(format!("base_url = \"{proxy}\""));
+                } else {
+                    lines.push(line(l).unwrap_or_else(|| l.to_string()));
+                }
+            }
+            std::fs::write(&path, lines.join("\n")).expect("write");
+            s.public_url = Some(proxy);
+        })
+        .await
+    };
+    *rec.pil.lock().expect("lock") = app.url.clone();
+    (app, rec, proxy)
+}
+

@@ -8,6 +8,7 @@ mod flow;
 mod g2p;
 mod gsma;
 mod helpers;
+mod iso;
 mod legacy;
 mod mojaloop;
 mod mpesa;
