@@ -492,3 +492,66 @@ async fn an_access_token_expiring_mid_batch_is_fetched_again_and_nothing_is_paid
         assert_eq!(stats.executed.get(id), Some(&1), "{p}");
     }
 }
+
+#[tokio::test]
+async fn every_business_failure_ends_as_the_simulator_predicts_for_mtn_and_mojaloop() {
+    use pil::simulator::{Dfsp, Expected, expected_outcome};
+    let app = spawn_app().await;
+    let suffixes = [
+        "450", "451", "452", "455", "456", "457", "460", "461", "475", "476",
+    ];
+    let mut cases = Vec::new();
+    for s in suffixes {
+        let payee = format!("46733123{s}");
+        cases.push((
+            format!("mtn-{s}"),
+            mtn(&payee),
+            Dfsp::MtnMomo,
+            payee.clone(),
+        ));
+        cases.push((format!("ml-{s}"), ml(&payee), Dfsp::MojaloopSdk, payee));
+    }
+    let batch = app
+        .submit(
+            "every-failure",
+            cases
+                .iter()
+                .map(|(r, fa, _, _)| payment(r, fa, "4.00"))
+                .collect(),
+        )
+        .await;
+    let all = app.wait_final(&batch).await;
+    let stats = app.sim.simulator.stats();
+    for (reference, _, dfsp, payee) in &cases {
+        let p = &all[reference.as_str()];
+        let id = p["id"].as_str().expect("id");
+        // MTN refuses some payees at submission (HTTP 500 NOT_ALLOWED, INVALID_CURRENCY), which
+        // proves it did not execute them: routing's fallback, the Mojaloop switch, gets them.
+        let refused_by_mtn = *dfsp == Dfsp::MtnMomo
+            && pil::simulator::trigger(payee).is_some_and(|t| t.mtn_rejection().is_some());
+        let (dfsp, sends) = if refused_by_mtn {
+            (Dfsp::MojaloopSdk, 2)
+        } else {
+            (*dfsp, 1)
+        };
+        let want_dfsp = if dfsp == Dfsp::MtnMomo {
+            "mtn-momo"
+        } else {
+            "mojaloop-sdk"
+        };
+        assert_eq!(p["dfsp"], want_dfsp, "{reference}: {p}");
+        match expected_outcome(dfsp, payee) {
+            Expected::Failed(code) => {
+                assert_eq!(status(p), "failed", "{reference}: {p}");
+                assert_eq!(p["reason_code"], code, "{reference}: {p}");
+                assert_eq!(stats.executed.get(id), None, "{reference} was executed");
+            }
+            Expected::Succeeded => {
+                assert_eq!(status(p), "succeeded", "{reference}: {p}");
+                assert_eq!(stats.executed.get(id), Some(&1), "{reference}");
+            }
+            other => panic!("{reference}: the simulator predicts {other:?}, not a final state"),
+        }
+        assert_eq!(stats.submissions.get(id), Some(&sends), "{reference}");
+    }
+}

@@ -342,4 +342,3 @@ pub async fn recorded_app(
     *rec.pil.lock().expect("lock") = app.url.clone();
     (app, rec, proxy)
 }
-

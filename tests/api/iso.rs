@@ -97,15 +97,33 @@ async fn bank_files_reach_the_expected_final_states() {
     let cases: Vec<(&str, &str, &str, &str, Option<&str>)> = vec![
         ("ok-1", "100200300401", "1250.50", "succeeded", Some("ACCC")),
         ("ok-2", "100200300402", "300", "succeeded", Some("ACCC")),
-        ("ok-cents", "100200300403", "0.05", "succeeded", Some("ACCC")),
+        (
+            "ok-cents",
+            "100200300403",
+            "0.05",
+            "succeeded",
+            Some("ACCC"),
+        ),
         ("no-account", "46733123475", "10", "failed", Some("AC01")),
         ("no-funds", "46733123476", "10", "failed", Some("AM04")),
         ("over-limit", "46733123457", "10", "failed", Some("AM21")),
         ("blocked", "46733123456", "10", "failed", Some("AC06")),
         ("forbidden", "46733123451", "10", "failed", Some("AG01")),
         ("slow", "46733123454", "10", "succeeded", Some("ACCC")),
-        ("report-lost", "46733123471", "10", "succeeded", Some("ACCC")),
-        ("report-twice", "46733123472", "10", "succeeded", Some("ACCC")),
+        (
+            "report-lost",
+            "46733123471",
+            "10",
+            "succeeded",
+            Some("ACCC"),
+        ),
+        (
+            "report-twice",
+            "46733123472",
+            "10",
+            "succeeded",
+            Some("ACCC"),
+        ),
     ];
     let batch = app
         .submit(
@@ -137,7 +155,11 @@ async fn bank_files_reach_the_expected_final_states() {
     // exactly PIL's payments, keyed by EndToEndId.
     let seen = rec.seen.lock().expect("lock").clone();
     let files = uploads(&seen);
-    assert!(!files.is_empty() && files.len() < cases.len(), "{} files", files.len());
+    assert!(
+        !files.is_empty() && files.len() < cases.len(),
+        "{} files",
+        files.len()
+    );
     let mut in_files = Vec::new();
     for f in &files {
         xmllint(&f.text).unwrap_or_else(|e| panic!("invalid pain.001: {e}\n{}", f.text));
@@ -170,7 +192,11 @@ async fn bank_files_reach_the_expected_final_states() {
         .as_str()
         .expect("key");
     assert_eq!(ok["dfsp_ref"], key, "{ok}");
-    assert!(files.iter().any(|f| f.text.contains(&format!("<MsgId>{key}</MsgId>"))));
+    assert!(
+        files
+            .iter()
+            .any(|f| f.text.contains(&format!("<MsgId>{key}</MsgId>")))
+    );
 
     // The lost report was made good by looking the file up.
     let lost = full(&app, &all["report-lost"]).await;
