@@ -1003,3 +1003,724 @@ fn current_report(sim: &Simulator, msg_id: &str, end_to_end_id: Option<&str>) ->
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::super::{Dfsp, SimConfig, expected_outcome, test_support::start};
+    use super::*;
+    use serde_json::Value;
+    use tokio::sync::mpsc;
+
+    /// A callback receiver: its URL and the XML bodies POSTed to it (`application/xml` only).
+    async fn receiver() -> (
+        String,
+        mpsc::UnboundedReceiver<String>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let app = Router::new().route(
+            "/cb",
+            post(move |headers: HeaderMap, body: String| {
+                let tx = tx.clone();
+                async move {
+                    assert_eq!(
+                        header_str(&headers, "content-type"),
+                        Some("application/xml")
+                    );
+                    let _ = tx.send(body);
+                    StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (format!("http://{addr}/cb"), rx, task)
+    }
+
+    async fn next(rx: &mut mpsc::UnboundedReceiver<String>) -> Node {
+        let body = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("callback in time")
+            .expect("callback");
+        report(&body)
+    }
+
+    async fn get_token(http: &reqwest::Client, base: &str) -> String {
+        let r = http
+            .post(format!("{base}/bank/v1/oauth/token"))
+            .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials")
+            .send()
+            .await
+            .expect("token");
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(v["token_type"], "Bearer");
+        assert!(v["expires_in"].is_u64(), "{v}");
+        v["access_token"].as_str().expect("token").to_owned()
+    }
+
+    /// A (creditor account, amount, EndToEndId) transaction.
+    type T<'a> = (&'a str, &'a str, &'a str);
+
+    /// A valid pain.001.001.09 file; accounts starting with a letter are written as IBANs.
+    fn pain001(msg_id: &str, blocks: &[(&str, &[T])]) -> String {
+        let all = blocks.iter().flat_map(|(_, txs)| txs.iter());
+        let n = all.clone().count();
+        let sum: Decimal = all
+            .map(|(_, a, _)| Decimal::from_str(a).expect("amount"))
+            .sum();
+        let mut x = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+             <Document xmlns=\"{PAIN001_NS}\"><CstmrCdtTrfInitn>\n\
+             <GrpHdr><MsgId>{msg_id}</MsgId><CreDtTm>2025-01-02T10:00:00</CreDtTm>\
+             <NbOfTxs>{n}</NbOfTxs><CtrlSum>{sum}</CtrlSum><InitgPty><Nm>PIL</Nm></InitgPty></GrpHdr>\n"
+        );
+        for (id, txs) in blocks {
+            x.push_str(&format!(
+                "<PmtInf><PmtInfId>{id}</PmtInfId><PmtMtd>TRF</PmtMtd>\
+                 <ReqdExctnDt><Dt>2025-01-02</Dt></ReqdExctnDt><Dbtr><Nm>Ministry</Nm></Dbtr>\
+                 <DbtrAcct><Id><Othr><Id>9000</Id></Othr></Id></DbtrAcct>\
+                 <DbtrAgt><FinInstnId><BICFI>SIMBKEN1</BICFI></FinInstnId></DbtrAgt>\n"
+            ));
+            for (account, amount, e2e) in *txs {
+                let acct = if account.starts_with(|c: char| c.is_ascii_alphabetic()) {
+                    format!("<IBAN>{account}</IBAN>")
+                } else {
+                    format!("<Othr><Id>{account}</Id></Othr>")
+                };
+                x.push_str(&format!(
+                    "<CdtTrfTxInf><PmtId><EndToEndId>{e2e}</EndToEndId></PmtId>\
+                     <Amt><InstdAmt Ccy=\"KES\">{amount}</InstdAmt></Amt>\
+                     <Cdtr><Nm>Jane &amp; Co</Nm></Cdtr><CdtrAcct><Id>{acct}</Id></CdtrAcct>\
+                     <RmtInf><Ustrd>G2P</Ustrd></RmtInf></CdtTrfTxInf>\n"
+                ));
+            }
+            x.push_str("</PmtInf>\n");
+        }
+        x.push_str("</CstmrCdtTrfInitn></Document>\n");
+        x
+    }
+
+    async fn upload(
+        http: &reqwest::Client,
+        base: &str,
+        token: &str,
+        xml: &str,
+        callback: Option<&str>,
+    ) -> (u16, String) {
+        let mut req = http
+            .post(format!("{base}/bank/v1/payment-files"))
+            .bearer_auth(token)
+            .header("Content-Type", "application/xml")
+            .body(xml.to_owned());
+        if let Some(cb) = callback {
+            req = req.header("X-Callback-URL", cb);
+        }
+        let r = req.send().await.expect("upload");
+        let code = r.status().as_u16();
+        (code, r.text().await.expect("body"))
+    }
+
+    async fn get(http: &reqwest::Client, base: &str, token: &str, path: &str) -> (u16, String) {
+        let r = http
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("get");
+        (r.status().as_u16(), r.text().await.expect("body"))
+    }
+
+    /// A pain.002 `CstmrPmtStsRpt`, its header checked.
+    fn report(xml: &str) -> Node {
+        let doc = parse_xml(xml).expect("well-formed report");
+        assert_eq!(
+            (doc.name.as_str(), doc.ns.as_str()),
+            ("Document", PAIN002_NS)
+        );
+        let rpt = doc.children.into_iter().next().expect("CstmrPmtStsRpt");
+        assert_eq!(rpt.name, "CstmrPmtStsRpt");
+        let id = rpt.text_at(&["GrpHdr", "MsgId"]).expect("MsgId");
+        assert!(id.len() <= 35, "{id}");
+        assert!(rpt.text_at(&["GrpHdr", "CreDtTm"]).is_some());
+        assert_eq!(
+            rpt.text_at(&["OrgnlGrpInfAndSts", "OrgnlMsgNmId"]),
+            Some(PAIN001_NAME)
+        );
+        rpt
+    }
+
+    fn group(rpt: &Node, field: &str) -> String {
+        rpt.text_at(&["OrgnlGrpInfAndSts", field])
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// EndToEndId -> (PmtInfId, TxSts, reason code, amount, currency).
+    fn txs(rpt: &Node) -> BTreeMap<String, (String, String, String, String, String)> {
+        let mut out = BTreeMap::new();
+        for pmt in rpt.children("OrgnlPmtInfAndSts") {
+            let pmt_id = pmt.text_at(&["OrgnlPmtInfId"]).expect("OrgnlPmtInfId");
+            for tx in pmt.children("TxInfAndSts") {
+                let amt = tx.at(&["OrgnlTxRef", "Amt", "InstdAmt"]).expect("amount");
+                let e2e = tx.text_at(&["OrgnlEndToEndId"]).expect("e2e").to_owned();
+                let row = (
+                    pmt_id.to_owned(),
+                    tx.text_at(&["TxSts"]).expect("TxSts").to_owned(),
+                    tx.text_at(&["StsRsnInf", "Rsn", "Cd"])
+                        .unwrap_or_default()
+                        .to_owned(),
+                    amt.text.clone(),
+                    amt.attr("Ccy").unwrap_or_default().to_owned(),
+                );
+                if let Some(rsn) = tx.text_at(&["StsRsnInf", "Rsn", "Cd"]) {
+                    assert_eq!(
+                        tx.text_at(&["StsRsnInf", "AddtlInf"]),
+                        Some(reason_text(rsn))
+                    );
+                }
+                assert!(out.insert(e2e, row).is_none(), "one entry per transaction");
+            }
+        }
+        out
+    }
+
+    fn sts(map: &BTreeMap<String, (String, String, String, String, String)>) -> Vec<String> {
+        map.iter()
+            .map(|(e2e, (_, s, r, _, _))| {
+                format!("{e2e}:{s}{}{r}", if r.is_empty() { "" } else { "/" })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn expected_outcomes() {
+        let e = |p: &str| expected_outcome(Dfsp::Iso20022Bank, p);
+        assert_eq!(e("46733123000"), Expected::Succeeded);
+        assert_eq!(e("DE89370400440532013000"), Expected::Succeeded);
+        assert_eq!(e("46733123475"), Expected::Failed("AC01"));
+        assert_eq!(e("46733123476"), Expected::Failed("AM04"));
+        assert_eq!(e("46733123457"), Expected::Failed("AM21"));
+        assert_eq!(e("46733123456"), Expected::Failed("AC06"));
+        assert_eq!(e("46733123451"), Expected::Failed("AG01"));
+        assert_eq!(e("46733123453"), Expected::Pending);
+        for s in ["450", "454", "470", "471", "472", "473", "474"] {
+            assert_eq!(e(&format!("46733123{s}")), Expected::Succeeded, "{s}");
+        }
+    }
+
+    #[test]
+    fn amounts_and_hostile_xml() {
+        for ok in ["1", "0.5", "10.50", "12345.12345", "999999999999999999"] {
+            assert!(amount(ok, "a").is_ok(), "{ok}");
+        }
+        for bad in [
+            "0",
+            "0.00",
+            "-1",
+            "1.123456",
+            "1e3",
+            ".5",
+            "5.",
+            "",
+            "1,5",
+            "+1",
+            "1000000000000000000",
+        ] {
+            assert!(amount(bad, "a").is_err(), "{bad}");
+        }
+        let xxe = r#"<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]><d>&x;</d>"#;
+        assert!(parse_xml(xxe).is_err());
+        assert!(parse_xml("<a><b></a>").is_err());
+        assert!(parse_xml("<a/><b/>").is_err());
+        assert!(parse_xml("<a/>junk").is_err());
+        let deep = format!("{}{}", "<a>".repeat(100), "</a>".repeat(100));
+        assert!(parse_xml(&deep).is_err());
+        let n = parse_xml("<p:a xmlns:p=\"urn:x\"><p:b k=\"&lt;v&gt;\">1 &amp; &#50;</p:b></p:a>")
+            .expect("ok");
+        let b = n.child("b").expect("b");
+        assert_eq!((b.text.as_str(), b.attr("k")), ("1 & 2", Some("<v>")));
+    }
+
+    #[tokio::test]
+    async fn mixed_file_callback_lookups_and_reused_msg_id() {
+        let (sim, http) = start(SimConfig::default()).await;
+        let base = sim.base_url();
+        let (cb, mut rx, _rt) = receiver().await;
+        let token = get_token(&http, &base).await;
+        let b1: &[T] = &[
+            ("DE89370400440532013000", "10.50", "e-ok"),
+            ("46733123475", "1", "e-475"),
+            ("46733123476", "2", "e-476"),
+            ("46733123457", "3", "e-457"),
+        ];
+        let b2: &[T] = &[
+            ("46733123456", "4", "e-456"),
+            ("46733123451", "5", "e-451"),
+            ("46733123453", "6", "e-453"),
+            ("46733123454", "7.25", "e-454"),
+            ("46733123000", "8", "e-plain"),
+        ];
+        let file = pain001("FILE-1", &[("B1", b1), ("B2", b2)]);
+        let (code, body) = upload(&http, &base, &token, &file, Some(&cb)).await;
+        assert_eq!(code, 202, "{body}");
+        let ack = report(&body);
+        assert_eq!(group(&ack, "OrgnlMsgId"), "FILE-1");
+        assert_eq!(group(&ack, "GrpSts"), "ACTC");
+        assert_eq!(group(&ack, "OrgnlNbOfTxs"), "9");
+        assert!(ack.child("OrgnlPmtInfAndSts").is_none());
+
+        // Before the slow one is decided.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let path = "/bank/v1/payment-files/FILE-1/status";
+        let (code, body) = get(&http, &base, &token, &format!("{path}?endToEndId=e-454")).await;
+        assert_eq!(code, 200);
+        let one = report(&body);
+        assert_eq!(sts(&txs(&one)), ["e-454:ACSP"]);
+        assert_eq!(group(&one, "GrpSts"), "ACSP");
+        assert!(rx.try_recv().is_err(), "no report before all are decided");
+
+        let cbr = next(&mut rx).await;
+        assert_eq!(group(&cbr, "OrgnlMsgId"), "FILE-1");
+        assert_eq!(group(&cbr, "OrgnlNbOfTxs"), "9");
+        assert_eq!(group(&cbr, "GrpSts"), "ACSP", "453 is still pending");
+        assert!(cbr.at(&["OrgnlGrpInfAndSts", "StsRsnInf"]).is_none());
+        let t = txs(&cbr);
+        assert_eq!(
+            sts(&t),
+            [
+                "e-451:RJCT/AG01",
+                "e-453:ACSP",
+                "e-454:ACCC",
+                "e-456:RJCT/AC06",
+                "e-457:RJCT/AM21",
+                "e-475:RJCT/AC01",
+                "e-476:RJCT/AM04",
+                "e-ok:ACCC",
+                "e-plain:ACCC",
+            ]
+        );
+        assert_eq!(t["e-ok"].0, "B1");
+        assert_eq!(t["e-454"].0, "B2");
+        assert_eq!(
+            (t["e-ok"].3.as_str(), t["e-ok"].4.as_str()),
+            ("10.50", "KES")
+        );
+        assert_eq!(t["e-454"].3, "7.25");
+
+        let (code, body) = get(&http, &base, &token, path).await;
+        assert_eq!(code, 200);
+        assert_eq!(txs(&report(&body)), t);
+        let (code, body) = get(&http, &base, &token, &format!("{path}?endToEndId=e-476")).await;
+        assert_eq!(code, 200);
+        let one = report(&body);
+        assert_eq!(sts(&txs(&one)), ["e-476:RJCT/AM04"]);
+        assert_eq!(one.children("OrgnlPmtInfAndSts").count(), 1);
+        let (code, _) = get(&http, &base, &token, &format!("{path}?endToEndId=nope")).await;
+        assert_eq!(code, 404);
+        let (code, body) = get(&http, &base, &token, "/bank/v1/payment-files/NOPE/status").await;
+        assert_eq!(code, 404);
+        let v: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["error"], "not_found");
+
+        // The same MsgId again: 409 with the original's statuses, never executed again.
+        let (code, body) = upload(&http, &base, &token, &file, Some(&cb)).await;
+        assert_eq!(code, 409);
+        let dup = report(&body);
+        assert_eq!(group(&dup, "OrgnlMsgId"), "FILE-1");
+        assert_eq!(txs(&dup), t);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(rx.try_recv().is_err(), "no second report");
+
+        let stats = sim.simulator.stats();
+        for e2e in ["e-ok", "e-454", "e-plain"] {
+            assert_eq!(stats.executed.get(e2e), Some(&1), "{e2e}");
+        }
+        assert_eq!(stats.executed.len(), 3);
+        for e2e in t.keys() {
+            assert_eq!(stats.submissions.get(e2e), Some(&2), "{e2e}");
+        }
+        assert_eq!(stats.callbacks_sent, 1);
+        assert_eq!(stats.status_queries, 5);
+        assert_eq!(stats.tokens_issued, 1);
+    }
+
+    #[tokio::test]
+    async fn group_status_summarises_final_transactions() {
+        let (sim, http) = start(SimConfig::default()).await;
+        let base = sim.base_url();
+        let token = get_token(&http, &base).await;
+        let files: [(&str, &[T], &str); 3] = [
+            ("G-ACCC", &[("1", "1", "g1"), ("2", "2", "g2")], "ACCC"),
+            (
+                "G-RJCT",
+                &[("46733123475", "1", "g3"), ("46733123476", "2", "g4")],
+                "RJCT",
+            ),
+            (
+                "G-PART",
+                &[("3", "1", "g5"), ("46733123451", "2", "g6")],
+                "PART",
+            ),
+        ];
+        for (msg_id, txs, _) in files {
+            let (code, _) =
+                upload(&http, &base, &token, &pain001(msg_id, &[("P", txs)]), None).await;
+            assert_eq!(code, 202);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for (msg_id, _, grp_sts) in files {
+            let path = format!("/bank/v1/payment-files/{msg_id}/status");
+            let (code, body) = get(&http, &base, &token, &path).await;
+            assert_eq!(code, 200);
+            assert_eq!(group(&report(&body), "GrpSts"), grp_sts, "{msg_id}");
+        }
+        assert_eq!(
+            sim.simulator.stats().callbacks_sent,
+            0,
+            "no callback URL, no report"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_files_are_refused_whole_with_ff01() {
+        let (sim, http) = start(SimConfig::default()).await;
+        let base = sim.base_url();
+        let (cb, mut rx, _rt) = receiver().await;
+        let token = get_token(&http, &base).await;
+        let good = pain001(
+            "BAD-1",
+            &[("P1", &[("1", "10.50", "bad-1"), ("2", "5", "bad-2")])],
+        );
+        let ns03 = "urn:iso:std:iso:20022:tech:xsd:pain.001.001.03";
+        let cases: Vec<(String, &str)> = vec![
+            (
+                good.replace("<NbOfTxs>2</NbOfTxs>", "<NbOfTxs>3</NbOfTxs>"),
+                "NbOfTxs 3",
+            ),
+            (
+                good.replace("<CtrlSum>15.50</CtrlSum>", "<CtrlSum>16</CtrlSum>"),
+                "CtrlSum 16",
+            ),
+            (
+                good.replacen("<PmtMtd>", "<NbOfTxs>1</NbOfTxs><PmtMtd>", 1),
+                "PmtInf P1 NbOfTxs 1",
+            ),
+            (
+                good.replace("<EndToEndId>bad-2</EndToEndId>", ""),
+                "EndToEndId",
+            ),
+            (good.replace("bad-2", "bad-1"), "duplicate EndToEndId bad-1"),
+            (
+                good.replace("</CstmrCdtTrfInitn></Document>", ""),
+                "ends inside",
+            ),
+            (good.replace("</Cdtr>", "</Dbtr>"), "well-formed"),
+            (good.replace(PAIN001_NS, ns03), "namespace"),
+            (
+                good.replace(">5</InstdAmt>", ">0</InstdAmt>"),
+                "greater than zero",
+            ),
+            (
+                good.replace(">5</InstdAmt>", ">-5</InstdAmt>"),
+                "greater than zero",
+            ),
+            (
+                good.replace(">5</InstdAmt>", ">5.000001</InstdAmt>"),
+                "fraction digits",
+            ),
+            (
+                good.replace(">5</InstdAmt>", ">5,00</InstdAmt>"),
+                "not a decimal",
+            ),
+            (good.replacen(" Ccy=\"KES\"", "", 1), "Ccy"),
+            (good.replacen("<Othr><Id>2</Id></Othr>", "", 1), "CdtrAcct"),
+            (
+                good.replacen("<Amt><InstdAmt", "<Amt><EqvtAmt", 1)
+                    .replacen("</InstdAmt></Amt>", "</EqvtAmt></Amt>", 1),
+                "InstdAmt",
+            ),
+            (
+                good.replace(
+                    "<MsgId>BAD-1</MsgId>",
+                    "<MsgId>0123456789012345678901234567890123456</MsgId>",
+                ),
+                "longer than 35",
+            ),
+        ];
+        for (xml, why) in &cases {
+            let (code, body) = upload(&http, &base, &token, xml, Some(&cb)).await;
+            assert_eq!(code, 400, "{why}: {body}");
+            let rpt = report(&body);
+            assert_eq!(group(&rpt, "GrpSts"), "RJCT", "{why}");
+            assert_eq!(
+                rpt.text_at(&["OrgnlGrpInfAndSts", "StsRsnInf", "Rsn", "Cd"]),
+                Some("FF01"),
+                "{why}"
+            );
+            let info = rpt
+                .text_at(&["OrgnlGrpInfAndSts", "StsRsnInf", "AddtlInf"])
+                .unwrap_or_default();
+            assert!(info.contains(why), "{why}: {info}");
+            assert!(info.chars().count() <= 105);
+            assert!(rpt.child("OrgnlPmtInfAndSts").is_none());
+        }
+        // A byte order mark is fine; the file is still refused for its NbOfTxs.
+        let (code, body) = upload(
+            &http,
+            &base,
+            &token,
+            &format!("\u{feff}{}", cases[0].0),
+            None,
+        )
+        .await;
+        assert_eq!(code, 400);
+        assert!(body.contains("NbOfTxs 3"), "{body}");
+        // Without a readable MsgId.
+        let (code, body) = upload(&http, &base, &token, "not xml at all", None).await;
+        assert_eq!(code, 400);
+        assert_eq!(group(&report(&body), "OrgnlMsgId"), UNKNOWN_MSG_ID);
+        let (_, body) = upload(&http, &base, &token, &cases[7].0, None).await;
+        assert_eq!(group(&report(&body), "OrgnlMsgId"), UNKNOWN_MSG_ID);
+        let (_, body) = upload(&http, &base, &token, &cases[0].0, None).await;
+        assert_eq!(group(&report(&body), "OrgnlMsgId"), "BAD-1");
+
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(rx.try_recv().is_err(), "no report for a refused file");
+        let stats = sim.simulator.stats();
+        assert!(stats.submissions.is_empty() && stats.executed.is_empty());
+        let (code, _) = get(&http, &base, &token, "/bank/v1/payment-files/BAD-1/status").await;
+        assert_eq!(code, 404, "nothing stored");
+
+        // The corrected file under the same MsgId is accepted.
+        let (code, _) = upload(&http, &base, &token, &good, Some(&cb)).await;
+        assert_eq!(code, 202);
+        let rpt = next(&mut rx).await;
+        assert_eq!(group(&rpt, "GrpSts"), "ACCC");
+        assert_eq!(sts(&txs(&rpt)), ["bad-1:ACCC", "bad-2:ACCC"]);
+        let stats = sim.simulator.stats();
+        assert_eq!(stats.executed.get("bad-1"), Some(&1));
+        assert_eq!(stats.submissions.get("bad-1"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn tokens_expire_and_can_be_revoked() {
+        let (sim, http) = start(SimConfig {
+            token_ttl_s: 0,
+            ..SimConfig::default()
+        })
+        .await;
+        let base = sim.base_url();
+        let file = pain001("TOK-1", &[("P", &[("1", "1", "tok-1")])]);
+        let r = http
+            .post(format!("{base}/bank/v1/oauth/token"))
+            .basic_auth(CLIENT_ID, Some("wrong"))
+            .body("grant_type=client_credentials")
+            .send()
+            .await
+            .expect("token");
+        assert_eq!(r.status(), 401);
+        let r = http
+            .post(format!("{base}/bank/v1/oauth/token"))
+            .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+            .body("grant_type=password")
+            .send()
+            .await
+            .expect("token");
+        assert_eq!(r.status(), 400);
+
+        let invalid = |code: u16, body: &str| {
+            assert_eq!(code, 401, "{body}");
+            let v: Value = serde_json::from_str(body).expect("json");
+            assert_eq!(v, json!({"error": "invalid_token"}));
+        };
+        // Expired at once (ttl 0).
+        let expired = get_token(&http, &base).await;
+        let (code, body) = upload(&http, &base, &expired, &file, None).await;
+        invalid(code, &body);
+        // Missing or unknown.
+        let r = http
+            .post(format!("{base}/bank/v1/payment-files"))
+            .body(file.clone())
+            .send()
+            .await
+            .expect("send");
+        let code = r.status().as_u16();
+        invalid(code, &r.text().await.expect("body"));
+        let (code, body) = get(&http, &base, "nope", "/bank/v1/payment-files/TOK-1/status").await;
+        invalid(code, &body);
+
+        sim.simulator.set_config(SimConfig::default());
+        let token = get_token(&http, &base).await;
+        let (code, _) = upload(&http, &base, &token, &file, None).await;
+        assert_eq!(code, 202);
+        let r = http
+            .post(format!("{base}/_sim/bank/tokens/revoke"))
+            .send()
+            .await
+            .expect("revoke");
+        assert_eq!(r.status(), 204);
+        let (code, body) = get(&http, &base, &token, "/bank/v1/payment-files/TOK-1/status").await;
+        invalid(code, &body);
+        let token = get_token(&http, &base).await;
+        let (code, _) = get(&http, &base, &token, "/bank/v1/payment-files/TOK-1/status").await;
+        assert_eq!(code, 200);
+
+        let r = http
+            .post(format!("{base}/bank/v1/payment-files"))
+            .bearer_auth(&token)
+            .header("Content-Type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 415);
+
+        let stats = sim.simulator.stats();
+        assert_eq!(stats.tokens_issued, 3);
+        assert_eq!(stats.submissions.get("tok-1"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn callback_lost_duplicated_and_before_response() {
+        let (sim, http) = start(SimConfig::default()).await;
+        let base = sim.base_url();
+        let (cb, mut rx, _rt) = receiver().await;
+        let token = get_token(&http, &base).await;
+
+        // 471: left out of the report, still credited and visible by polling.
+        let file = pain001(
+            "CB-471",
+            &[("P", &[("1", "1", "c-ok"), ("46733123471", "2", "c-471")])],
+        );
+        let (code, _) = upload(&http, &base, &token, &file, Some(&cb)).await;
+        assert_eq!(code, 202);
+        let rpt = next(&mut rx).await;
+        assert_eq!(sts(&txs(&rpt)), ["c-ok:ACCC"]);
+        assert_eq!(group(&rpt, "OrgnlNbOfTxs"), "2");
+        assert_eq!(group(&rpt, "GrpSts"), "ACCC");
+        let path = "/bank/v1/payment-files/CB-471/status?endToEndId=c-471";
+        let (_, body) = get(&http, &base, &token, path).await;
+        assert_eq!(sts(&txs(&report(&body))), ["c-471:ACCC"]);
+
+        // A file holding only lost transactions sends no report.
+        let file = pain001("CB-471B", &[("P", &[("46733123471", "2", "c-471b")])]);
+        let (code, _) = upload(&http, &base, &token, &file, Some(&cb)).await;
+        assert_eq!(code, 202);
+
+        // 472: the same report twice.
+        let file = pain001("CB-472", &[("P", &[("46733123472", "3", "c-472")])]);
+        let (code, _) = upload(&http, &base, &token, &file, Some(&cb)).await;
+        assert_eq!(code, 202);
+        let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("in time")
+            .expect("report");
+        let second = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("in time")
+            .expect("report");
+        assert_eq!(first, second);
+        assert_eq!(sts(&txs(&report(&first))), ["c-472:ACCC"]);
+
+        // 473: the report arrives before the 202.
+        let file = pain001("CB-473", &[("P", &[("46733123473", "4", "c-473")])]);
+        let (code, _) = upload(&http, &base, &token, &file, Some(&cb)).await;
+        assert_eq!(code, 202);
+        let early = rx.try_recv().expect("report before the answer");
+        assert_eq!(group(&report(&early), "OrgnlMsgId"), "CB-473");
+
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(rx.try_recv().is_err());
+        let stats = sim.simulator.stats();
+        assert_eq!(stats.callbacks_sent, 4);
+        assert_eq!(stats.callbacks_lost, 2);
+        for e2e in ["c-ok", "c-471", "c-471b", "c-472", "c-473"] {
+            assert_eq!(stats.executed.get(e2e), Some(&1), "{e2e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn timeout_processes_at_once_and_answers_late() {
+        let (sim, http) = start(SimConfig {
+            hang_ms: 800,
+            ..SimConfig::default()
+        })
+        .await;
+        let base = sim.base_url();
+        let (cb, mut rx, _rt) = receiver().await;
+        let token = get_token(&http, &base).await;
+        let file = pain001(
+            "TO-1",
+            &[("P", &[("46733123470", "1", "t-470"), ("5", "2", "t-ok")])],
+        );
+        let req = {
+            let (http, base, token, cb) = (http.clone(), base.clone(), token.clone(), cb.clone());
+            tokio::spawn(async move { upload(&http, &base, &token, &file, Some(&cb)).await })
+        };
+        let rpt = next(&mut rx).await;
+        assert!(
+            !req.is_finished(),
+            "the report comes before the late answer"
+        );
+        assert_eq!(sts(&txs(&rpt)), ["t-470:ACCC", "t-ok:ACCC"]);
+        let (_, body) = get(&http, &base, &token, "/bank/v1/payment-files/TO-1/status").await;
+        assert_eq!(group(&report(&body), "GrpSts"), "ACCC");
+        assert_eq!(sim.simulator.stats().executed.get("t-470"), Some(&1));
+        let (code, body) = req.await.expect("join");
+        assert_eq!(code, 202);
+        assert_eq!(group(&report(&body), "GrpSts"), "ACTC");
+        assert_eq!(sim.simulator.stats().executed.get("t-470"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn random_chaos_only_for_files_without_triggers() {
+        let (sim, http) = start(SimConfig {
+            failure_rate: 1.0,
+            ..SimConfig::default()
+        })
+        .await;
+        let base = sim.base_url();
+        let token = get_token(&http, &base).await;
+        let file = pain001("CH-1", &[("P", &[("1", "1", "ch-1")])]);
+        let (code, _) = upload(&http, &base, &token, &file, None).await;
+        assert_eq!(code, 500);
+        let (code, _) = get(&http, &base, &token, "/bank/v1/payment-files/CH-1/status").await;
+        assert_eq!(code, 404, "nothing stored");
+        // A file with a trigger is never hit by chaos.
+        let triggered = pain001("CH-2", &[("P", &[("46733123454", "1", "ch-2")])]);
+        let (code, _) = upload(&http, &base, &token, &triggered, None).await;
+        assert_eq!(code, 202);
+
+        sim.simulator.set_config(SimConfig {
+            rate_429: 1.0,
+            ..SimConfig::default()
+        });
+        let r = http
+            .post(format!("{base}/bank/v1/payment-files"))
+            .bearer_auth(&token)
+            .body(file.clone())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 429);
+        assert_eq!(header_str(r.headers(), "retry-after"), Some("1"));
+
+        sim.simulator.set_config(SimConfig::default());
+        let (code, _) = upload(&http, &base, &token, &file, None).await;
+        assert_eq!(code, 202);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let stats = sim.simulator.stats();
+        assert_eq!(stats.submissions.get("ch-1"), Some(&3));
+        assert_eq!(stats.executed.get("ch-1"), Some(&1));
+    }
+}
