@@ -1,11 +1,13 @@
 //! Built-in fake of real DFSP APIs (MTN MoMo Disbursement, the Mojaloop SDK scheme adapter
-//! outbound API, GSMA Mobile Money API 1.2 disbursements, Safaricom M-Pesa Daraja B2C),
+//! outbound API, GSMA Mobile Money API 1.2 disbursements, Safaricom M-Pesa Daraja B2C, a
+//! sponsor bank taking ISO 20022 pain.001 payment files and answering pain.002 reports),
 //! served over loopback HTTP for tests, demos and benchmarks.
 //!
 //! Behaviour is deterministic by payee id (see [`trigger`]) and every submission and real
 //! execution is counted per payment reference so tests can prove nothing was paid twice.
 
 mod gsma;
+mod iso20022;
 mod mojaloop;
 mod mpesa;
 mod mtn;
@@ -89,7 +91,7 @@ impl Default for SimConfig {
 }
 
 /// Counters, keyed by the payment's own reference (MTN `externalId`, Mojaloop
-/// `homeTransactionId`, M-Pesa `Occassion`).
+/// `homeTransactionId`, M-Pesa `Occassion`, ISO 20022 `EndToEndId`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SimStats {
     /// Submission requests received (including deduplicated resends, 429s and 500s).
@@ -111,6 +113,8 @@ pub enum Dfsp {
     MtnMomo,
     MojaloopSdk,
     MpesaB2c,
+    /// The ISO 20022 sponsor bank (pain.001 / pain.002).
+    Iso20022Bank,
 }
 
 /// What PIL should end with for a payee.
@@ -260,6 +264,7 @@ pub fn expected_outcome(dfsp: Dfsp, payee_id: &str) -> Expected {
             .mojaloop_error()
             .map_or(Expected::Succeeded, Expected::Failed),
         Dfsp::MpesaB2c => mpesa::expected(t),
+        Dfsp::Iso20022Bank => iso20022::expected(t),
     }
 }
 
@@ -282,6 +287,7 @@ struct Inner {
     mojaloop: Mutex<mojaloop::MojaState>,
     gsma: Mutex<gsma::GsmaState>,
     mpesa: Mutex<mpesa::MpesaState>,
+    bank: Mutex<iso20022::BankState>,
     client: reqwest::Client,
 }
 
@@ -320,12 +326,13 @@ impl Simulator {
                 mojaloop: Mutex::new(mojaloop::MojaState::default()),
                 gsma: Mutex::new(gsma::GsmaState::default()),
                 mpesa: Mutex::new(mpesa::MpesaState::default()),
+                bank: Mutex::new(iso20022::BankState::default()),
                 client,
             }),
         }
     }
 
-    /// All routes (MTN, Mojaloop and `/_sim/*`), state applied.
+    /// All routes (every fake DFSP and `/_sim/*`), state applied.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/_sim/stats", get(get_stats))
@@ -335,6 +342,7 @@ impl Simulator {
             .merge(mojaloop::routes())
             .merge(gsma::routes())
             .merge(mpesa::routes())
+            .merge(iso20022::routes())
             .layer(middleware::from_fn_with_state(self.clone(), count_request))
             .with_state(self.clone())
     }
@@ -357,6 +365,7 @@ impl Simulator {
         *lock(&self.inner.mojaloop) = mojaloop::MojaState::default();
         *lock(&self.inner.gsma) = gsma::GsmaState::default();
         *lock(&self.inner.mpesa) = mpesa::MpesaState::default();
+        *lock(&self.inner.bank) = iso20022::BankState::default();
         *lock(&self.inner.stats) = SimStats::default();
         let seed = self.config().seed;
         *lock(&self.inner.rng) = fastrand::Rng::with_seed(seed);
