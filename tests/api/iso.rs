@@ -212,7 +212,13 @@ async fn bank_files_reach_the_expected_final_states() {
 
 #[tokio::test]
 async fn a_timed_out_upload_is_looked_up_never_resent() {
-    let app = crate::helpers::spawn_with(SimConfig::default(), |_, _| {}).await;
+    // The bank decides the file at once but answers the upload after PIL's timeout, and its
+    // report callback comes far later: only looking the file up can settle the payments.
+    let sim = SimConfig {
+        callback_delay_ms: 60_000,
+        ..SimConfig::default()
+    };
+    let app = crate::helpers::spawn_with(sim, |_, _| {}).await;
     let batch = app
         .submit(
             "iso-timeout",
@@ -237,6 +243,8 @@ async fn a_timed_out_upload_is_looked_up_never_resent() {
             .collect();
         assert!(steps.contains(&"unknown"), "{reference}: {story}");
     }
+    assert!(app.sim.simulator.stats().status_queries >= 1);
+    assert_eq!(app.sim.simulator.stats().callbacks_sent, 0);
     assert_paid_at_most_once(&app, &all);
 }
 
