@@ -47,6 +47,7 @@ pub struct AppState {
         native::submit_batch,
         native::get_batch,
         native::list_batch_payments,
+        native::list_payments,
         native::get_payment,
         native::cancel_payment,
         legacy::disburse,
@@ -100,6 +101,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/batches/{id}/payments",
             get(native::list_batch_payments),
         )
+        .route("/api/v1/payments", get(native::list_payments))
         .route("/api/v1/payments/{id}", get(native::get_payment))
         .route("/api/v1/payments/{id}/cancel", post(native::cancel_payment))
         .route("/disbursement", post(legacy::disburse))

@@ -14,7 +14,7 @@ use super::error::{ApiError, ErrorBody};
 use crate::clock::{now_ms, rfc3339};
 use crate::ingest::{self, Item};
 use crate::payment::{Change, Payment, Status};
-use crate::store::{Applied, BatchInsert, BatchRecord};
+use crate::store::{Applied, BatchInsert, BatchRecord, PaymentFilter};
 
 /// A batch of payments to make.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -197,6 +197,8 @@ pub struct PaymentPage {
 pub struct PageQuery {
     /// Only payments in this status.
     pub status: Option<String>,
+    /// Only payments routed to this DFSP (adapter id).
+    pub dfsp: Option<String>,
     /// From a previous page's `next_cursor`.
     pub cursor: Option<String>,
     /// Page size, 1-1000 (default 100).
@@ -396,6 +398,29 @@ pub async fn list_batch_payments(
     Path(id): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<PaymentPage>, ApiError> {
+    batch_or_404(&state, &id).await?;
+    page(&state, Some(id), q).await
+}
+
+/// Payments across batches, e.g. every `unknown` payment waiting for an operator or
+/// reconciliation (`?status=unknown`), optionally of one DFSP (`&dfsp=`).
+#[utoipa::path(
+    get, path = "/api/v1/payments", tag = "payments",
+    params(PageQuery),
+    responses((status = 200, body = PaymentPage), (status = 400, body = ErrorBody))
+)]
+pub async fn list_payments(
+    State(state): State<AppState>,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<PaymentPage>, ApiError> {
+    page(&state, None, q).await
+}
+
+async fn page(
+    state: &AppState,
+    batch_id: Option<String>,
+    q: PageQuery,
+) -> Result<Json<PaymentPage>, ApiError> {
     let status = match q.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| ApiError::BadRequest {
@@ -407,10 +432,14 @@ pub async fn list_batch_payments(
         })?),
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    batch_or_404(&state, &id).await?;
+    let filter = PaymentFilter {
+        batch_id,
+        status,
+        dfsp: q.dfsp.filter(|d| !d.is_empty()),
+    };
     let payments = state
         .store
-        .batch_payments(&id, status, q.cursor.as_deref(), limit)
+        .list_payments(&filter, q.cursor.as_deref(), limit)
         .await?;
     let next_cursor = (payments.len() as i64 == limit)
         .then(|| payments.last().map(|p| p.id.clone()))

@@ -180,6 +180,14 @@ pub struct RawCallback {
     pub received_at: i64,
 }
 
+/// Which payments [`Store::list_payments`] returns; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct PaymentFilter {
+    pub batch_id: Option<String>,
+    pub status: Option<Status>,
+    pub dfsp: Option<String>,
+}
+
 /// What one group write contains.
 #[derive(Debug, Clone, Default)]
 pub struct WriteGroup {
@@ -273,11 +281,10 @@ pub trait Store: Send + Sync + 'static {
     async fn directory_lookup(&self, keys: &[(String, String)])
     -> StoreResult<Vec<DirectoryEntry>>;
     async fn batch_totals(&self, batch_id: &str) -> StoreResult<Vec<StatusTotal>>;
-    /// Payments of a batch ordered by id, after `cursor` (an id), optionally of one status.
-    async fn batch_payments(
+    /// Payments ordered by id, after `cursor` (an id), narrowed by the filter.
+    async fn list_payments(
         &self,
-        batch_id: &str,
-        status: Option<Status>,
+        filter: &PaymentFilter,
         cursor: Option<&str>,
         limit: i64,
     ) -> StoreResult<Vec<Payment>>;

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::money::{Currency, Money};
 use crate::payment::{Attempt, Change, Event, Payment, Status};
-use crate::store::{ChannelEvent, DirectoryEntry, NewOutbox, OutboxRow};
+use crate::store::{ChannelEvent, DirectoryEntry, NewOutbox, OutboxRow, PaymentFilter};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -671,20 +671,21 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn batch_payments(
+    async fn list_payments(
         &self,
-        batch_id: &str,
-        status: Option<Status>,
+        filter: &PaymentFilter,
         cursor: Option<&str>,
         limit: i64,
     ) -> StoreResult<Vec<Payment>> {
         let sql = format!(
-            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE batch_id = $1 \
-             AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4"
+            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE ($1 IS NULL OR batch_id = $1) \
+             AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR dfsp = $3) \
+             AND ($4 IS NULL OR id > $4) ORDER BY id LIMIT $5"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(batch_id)
-            .bind(status.map(Status::as_str))
+            .bind(filter.batch_id.as_deref())
+            .bind(filter.status.map(Status::as_str))
+            .bind(filter.dfsp.as_deref())
             .bind(cursor)
             .bind(limit)
             .fetch_all(&self.reader)

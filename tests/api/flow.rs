@@ -159,6 +159,24 @@ async fn a_timeout_is_resolved_by_status_query_never_by_resending() {
         "{}",
         all["ml-timeout"]
     );
+    // Operators find it among the payments waiting in `unknown`, across batches.
+    let (code, waiting) = app
+        .get("/api/v1/payments?status=unknown&dfsp=mojaloop-sdk")
+        .await;
+    assert_eq!(code, 200, "{waiting}");
+    let listed: Vec<&str> = waiting["payments"]
+        .as_array()
+        .expect("payments")
+        .iter()
+        .map(|p| p["id"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(listed, [all["ml-timeout"]["id"].as_str().expect("id")]);
+    let (_, none) = app
+        .get("/api/v1/payments?status=unknown&dfsp=mtn-momo")
+        .await;
+    assert_eq!(none["payments"], json!([]), "{none}");
+    let (code, bad) = app.get("/api/v1/payments?status=lost").await;
+    assert_eq!(code, 400, "{bad}");
     let stats = app.sim.simulator.stats();
     for r in ["mtn-timeout", "ml-timeout"] {
         let id = all[r]["id"].as_str().expect("id");
@@ -295,6 +313,7 @@ async fn openapi_and_health_are_served() {
         "/api/v1/batches",
         "/api/v1/batches/{id}",
         "/api/v1/batches/{id}/payments",
+        "/api/v1/payments",
         "/api/v1/payments/{id}",
         "/api/v1/payments/{id}/cancel",
         "/disbursement",
