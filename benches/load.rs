@@ -186,9 +186,13 @@ async fn run() {
     let mut latencies = Vec::with_capacity(n);
     let mut cursor: Option<String> = None;
     let mut succeeded = 0;
+    let filter = pil::store::PaymentFilter {
+        batch_id: Some(batch_id.clone()),
+        ..Default::default()
+    };
     loop {
         let page = store
-            .batch_payments(&batch_id, None, cursor.as_deref(), 1000)
+            .list_payments(&filter, cursor.as_deref(), 1000)
             .await
             .expect("page");
         for p in &page {
