@@ -218,6 +218,23 @@ impl Request {
         v
     }
 
+    /// Decides a pending request (once): failed with `failure`, or completed under a new
+    /// `transactionReference`, which is returned (the money moved).
+    fn decide(&mut self, failure: Option<GsmaError>) -> Option<String> {
+        if self.state != Progress::Pending {
+            return None;
+        }
+        self.modified = now_rfc3339();
+        if let Some(e) = failure {
+            self.state = Progress::Failed(e);
+            return None;
+        }
+        let transaction = uuid::Uuid::new_v4().to_string();
+        self.transaction_reference = Some(transaction.clone());
+        self.state = Progress::Completed;
+        Some(transaction)
+    }
+
     /// The body of the final callback.
     fn callback_json(&self) -> Value {
         match self.state {
@@ -448,12 +465,66 @@ struct Submission {
     echo: Map<String, Value>,
 }
 
+/// The body as a JSON object, or 400 `formatError` naming `body`.
+fn json_object(body: &[u8]) -> Result<Map<String, Value>, Fail> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(obj)) => Ok(obj),
+        Ok(_) => Err(invalid("formatError", "body", "not an object")),
+        Err(_) => Err(invalid("formatError", "body", "not JSON")),
+    }
+}
+
+/// An optional string member of at most `max` characters.
+fn optional_text(obj: &Map<String, Value>, key: &str, max: usize) -> Result<Option<String>, Fail> {
+    match obj.get(key) {
+        None => Ok(None),
+        Some(Value::String(s)) if s.chars().count() <= max => Ok(Some(s.clone())),
+        Some(_) => Err(invalid("lengthError", key, "too long or not a string")),
+    }
+}
+
+/// An optional RFC 3339 date-time member.
+fn optional_date(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, Fail> {
+    let date = optional_text(obj, key, 64)?;
+    if let Some(d) = &date
+        && chrono::DateTime::parse_from_rfc3339(d).is_err()
+    {
+        return Err(invalid("formatError", key, "date-time"));
+    }
+    Ok(date)
+}
+
+/// An optional `requestingOrganisation` object.
+fn organisation(v: Option<&Value>) -> Result<Option<Value>, Fail> {
+    let Some(o) = v else {
+        return Ok(None);
+    };
+    let kind = o
+        .get("requestingOrganisationIdentifierType")
+        .and_then(Value::as_str);
+    let id = o
+        .get("requestingOrganisationIdentifier")
+        .and_then(Value::as_str);
+    match (kind, id) {
+        (Some("lei" | "swiftbic" | "organisationid"), Some(id))
+            if (1..=256).contains(&id.chars().count()) =>
+        {
+            Ok(Some(o.clone()))
+        }
+        _ => Err(invalid(
+            "formatError",
+            "requestingOrganisation",
+            "identifier type and identifier",
+        )),
+    }
+}
+
 fn parse_body(body: &[u8]) -> Result<Submission, Fail> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|_| invalid("formatError", "body", "not JSON"))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| invalid("formatError", "body", "not an object"))?;
+    parse_transaction(&json_object(body)?)
+}
+
+/// Validates the transaction fields a disbursement request is made of.
+fn parse_transaction(obj: &Map<String, Value>) -> Result<Submission, Fail> {
     let amount = match obj.get("amount") {
         None => return Err(invalid("mandatoryValueNotSupplied", "amount", "missing")),
         Some(Value::String(s))
@@ -480,47 +551,11 @@ fn parse_body(body: &[u8]) -> Result<Submission, Fail> {
         .ok_or_else(|| invalid("mandatoryValueNotSupplied", "creditParty", "missing"))?;
     let debit = parties(obj.get("debitParty"), "debitParty")?
         .unwrap_or_else(|| vec![("accountid".into(), DEFAULT_DEBIT_ACCOUNT.into())]);
-    let optional_text = |key: &str, max: usize| -> Result<Option<String>, Fail> {
-        match obj.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) if s.chars().count() <= max => Ok(Some(s.clone())),
-            Some(_) => Err(invalid("lengthError", key, "too long or not a string")),
-        }
-    };
-    let reference = optional_text("requestingOrganisationTransactionReference", 256)?;
-    let description = optional_text("descriptionText", 160)?;
-    let sub_type = optional_text("subType", 256)?;
-    let request_date = optional_text("requestDate", 64)?;
-    if let Some(d) = &request_date
-        && chrono::DateTime::parse_from_rfc3339(d).is_err()
-    {
-        return Err(invalid("formatError", "requestDate", "date-time"));
-    }
-    let organisation = match obj.get("requestingOrganisation") {
-        None => None,
-        Some(o) => {
-            let kind = o
-                .get("requestingOrganisationIdentifierType")
-                .and_then(Value::as_str);
-            let id = o
-                .get("requestingOrganisationIdentifier")
-                .and_then(Value::as_str);
-            match (kind, id) {
-                (Some("lei" | "swiftbic" | "organisationid"), Some(id))
-                    if (1..=256).contains(&id.chars().count()) =>
-                {
-                    Some(o.clone())
-                }
-                _ => {
-                    return Err(invalid(
-                        "formatError",
-                        "requestingOrganisation",
-                        "identifier type and identifier",
-                    ));
-                }
-            }
-        }
-    };
+    let reference = optional_text(obj, "requestingOrganisationTransactionReference", 256)?;
+    let description = optional_text(obj, "descriptionText", 160)?;
+    let sub_type = optional_text(obj, "subType", 256)?;
+    let request_date = optional_date(obj, "requestDate")?;
+    let organisation = organisation(obj.get("requestingOrganisation"))?;
     let payee = credit
         .iter()
         .find(|(k, _)| k == "msisdn")
@@ -712,28 +747,14 @@ fn settle(sim: &Simulator, correlation_id: &str) {
         let Some(r) = st.requests.get_mut(correlation_id) else {
             return;
         };
-        if r.state != Progress::Pending {
+        let Some(transaction) = r.decide(r.trigger.and_then(later_failure)) else {
             return;
-        }
-        r.modified = now_rfc3339();
-        match r.trigger.and_then(later_failure) {
-            Some(e) => {
-                r.state = Progress::Failed(e);
-                None
-            }
-            None => {
-                let transaction = uuid::Uuid::new_v4().to_string();
-                st.by_transaction
-                    .insert(transaction.clone(), correlation_id.to_owned());
-                r.transaction_reference = Some(transaction);
-                r.state = Progress::Completed;
-                Some(r.reference.clone())
-            }
-        }
+        };
+        st.by_transaction
+            .insert(transaction, correlation_id.to_owned());
+        r.reference.clone()
     };
-    if let Some(reference) = executed {
-        sim.with_stats(|s| bump(&mut s.executed, &reference));
-    }
+    sim.with_stats(|s| bump(&mut s.executed, &executed));
 }
 
 /// Background outcome: after `delay_ms`, settle and deliver the callback (if a URL was given).
@@ -761,6 +782,12 @@ async fn outcome(sim: Simulator, correlation_id: String, delay_ms: u64, generati
         return; // polling: the client asked for no callback
     };
     let copies = sim.callback_copies(trig);
+    deliver(&sim, &url, &correlation_id, &body, copies).await;
+}
+
+/// `PUT {url}` `copies` times (counted), with the client's X-CorrelationID, X-Date and
+/// X-Content-Hash; the receiver's answer is only logged (a callback is never retried).
+async fn deliver(sim: &Simulator, url: &str, correlation_id: &str, body: &Value, copies: usize) {
     if copies == 0 {
         return;
     }
@@ -771,9 +798,9 @@ async fn outcome(sim: Simulator, correlation_id: String, delay_ms: u64, generati
         let sent = sim
             .inner
             .client
-            .put(&url)
+            .put(url)
             .header(header::CONTENT_TYPE, "application/json")
-            .header("X-CorrelationID", &correlation_id)
+            .header("X-CorrelationID", correlation_id)
             .header("X-Date", now_rfc3339())
             .header("X-Content-Hash", &hash)
             .body(bytes.clone())
@@ -802,15 +829,27 @@ fn not_found(what: &str) -> Fail {
     )
 }
 
-/// A lookup: counted, access-checked, answered from the state.
+/// A lookup: counted, access-checked, answered `200` with the object found in the state.
 async fn lookup(
     sim: &Simulator,
     headers: &HeaderMap,
     find: impl FnOnce(&GsmaState) -> Result<Value, Fail>,
 ) -> Response {
+    lookup_with(sim, headers, |st| {
+        find(st).map(|v| json_response(StatusCode::OK, v))
+    })
+    .await
+}
+
+/// A lookup answering whatever `answer` builds from the state.
+async fn lookup_with(
+    sim: &Simulator,
+    headers: &HeaderMap,
+    answer: impl FnOnce(&GsmaState) -> Result<Response, Fail>,
+) -> Response {
     sim.with_stats(|s| s.status_queries += 1);
-    let resp = match check_access(sim, headers).and_then(|()| find(&lock(&sim.inner.gsma))) {
-        Ok(v) => json_response(StatusCode::OK, v),
+    let resp = match check_access(sim, headers).and_then(|()| answer(&lock(&sim.inner.gsma))) {
+        Ok(r) => r,
         Err(f) => f.into_response(),
     };
     sim.latency().await;
