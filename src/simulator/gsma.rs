@@ -1613,8 +1613,21 @@ mod tests {
         callback: Option<&str>,
         body: &Value,
     ) -> (u16, Value) {
+        let path = "/transactions/type/disbursement";
+        post_at(http, base, path, token, correlation_id, callback, body).await
+    }
+
+    async fn post_at(
+        http: &reqwest::Client,
+        base: &str,
+        path: &str,
+        token: &str,
+        correlation_id: &str,
+        callback: Option<&str>,
+        body: &Value,
+    ) -> (u16, Value) {
         let mut req = http
-            .post(format!("{base}/transactions/type/disbursement"))
+            .post(format!("{base}{path}"))
             .bearer_auth(token)
             .header("X-API-Key", API_KEY)
             .header("X-CorrelationID", correlation_id)
@@ -1647,6 +1660,570 @@ mod tests {
 
     fn new_id() -> String {
         uuid::Uuid::new_v4().to_string()
+    }
+
+    /// A batch item: a disbursement request naming its type.
+    fn item(reference: &str, msisdn: &str) -> Value {
+        let mut v = body(reference, msisdn);
+        v["type"] = json!("disbursement");
+        v
+    }
+
+    async fn post_batch(
+        http: &reqwest::Client,
+        base: &str,
+        token: &str,
+        correlation_id: &str,
+        callback: Option<&str>,
+        body: &Value,
+    ) -> (u16, Value) {
+        post_at(
+            http,
+            base,
+            "/batchtransactions",
+            token,
+            correlation_id,
+            callback,
+            body,
+        )
+        .await
+    }
+
+    /// A GET of a paginated list: status, body, X-Records-Available-Count and
+    /// X-Records-Returned-Count.
+    async fn get_page(
+        http: &reqwest::Client,
+        base: &str,
+        token: &str,
+        path: &str,
+    ) -> (u16, Value, Option<usize>, Option<usize>) {
+        let r = http
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .header("X-API-Key", API_KEY)
+            .send()
+            .await
+            .expect("get");
+        let count =
+            |name: &str| header_str(r.headers(), name).and_then(|v| v.parse::<usize>().ok());
+        let (available, returned) = (
+            count("x-records-available-count"),
+            count("x-records-returned-count"),
+        );
+        (
+            r.status().as_u16(),
+            r.json().await.expect("json"),
+            available,
+            returned,
+        )
+    }
+
+    /// The `requestingOrganisationTransactionReference`s of a list of records.
+    fn references(records: &Value) -> Vec<&str> {
+        records
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|r| {
+                r["requestingOrganisationTransactionReference"]
+                    .as_str()
+                    .unwrap_or("-")
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn batch_items_complete_or_are_rejected_as_single_requests_would_end() {
+        let (sim, http) = start(SimConfig {
+            callback_delay_ms: 300,
+            ..SimConfig::default()
+        })
+        .await;
+        let base = sim.base_url();
+        let (cb, mut rx, _rt) = receiver().await;
+        let token = get_token(&http, &base).await;
+        let cases = [
+            ("b-ok1", "+256700000001", None),
+            ("b-451", "46733123451", Some("requestDeclined")),
+            ("b-452", "46733123452", Some("requestDeclined")),
+            ("b-455", "46733123455", Some("identifierError")),
+            ("b-475", "+46733123475", Some("identifierError")),
+            ("b-456", "46733123456", Some("maxBalanceExceeded")),
+            ("b-457", "46733123457", Some("dailyValueLimitExceeded")),
+            ("b-460", "46733123460", Some("currencyNotSupported")),
+            ("b-450", "46733123450", Some("genericError")),
+            ("b-476", "46733123476", Some("insufficientFunds")),
+            ("b-454", "46733123454", None),
+            ("b-474", "46733123474", None),
+            ("b-461", "46733123461", None),
+            ("b-ok2", "256700000002", None),
+        ];
+        let mut items: Vec<Value> = cases.iter().map(|(r, m, _)| item(r, m)).collect();
+        let mut unreferenced = item("", "256700000003");
+        if let Some(o) = unreferenced.as_object_mut() {
+            o.remove("requestingOrganisationTransactionReference");
+        }
+        items.push(unreferenced);
+        let batch = json!({"batchTitle": "June", "batchDescription": "G2P June",
+                           "transactions": items});
+        let id = new_id();
+        let (code, state) = post_batch(&http, &base, &token, &id, Some(&cb), &batch).await;
+        assert_eq!((code, state["status"].as_str()), (202, Some("pending")));
+        assert_eq!(state["notificationMethod"], "callback");
+        let batch_id = state["objectReference"]
+            .as_str()
+            .expect("batch id")
+            .to_owned();
+        let server_id = state["serverCorrelationId"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+
+        // The batch exists at once; it is completed once every item is decided.
+        let (code, s) = get(&http, &base, &token, &format!("/requeststates/{server_id}")).await;
+        assert_eq!((code, s["status"].as_str()), (200, Some("completed")));
+        assert_eq!(s["objectReference"], batch_id.as_str());
+        let (code, b) = get(
+            &http,
+            &base,
+            &token,
+            &format!("/batchtransactions/{batch_id}"),
+        )
+        .await;
+        assert_eq!((code, b["batchStatus"].as_str()), (200, Some("created")));
+        assert_eq!(b["processingFlag"], true);
+        assert_eq!(b["parsingSuccessCount"], 15);
+        assert!(b.get("completionDate").is_none(), "{b}");
+
+        let (cid, v) = next(&mut rx).await;
+        assert_eq!(cid, id);
+        assert_eq!(v["batchId"], batch_id.as_str());
+        assert_eq!(v["batchStatus"], "completed");
+        assert_eq!(v["processingFlag"], false);
+        assert_eq!(
+            (
+                &v["completedCount"],
+                &v["rejectionCount"],
+                &v["parsingSuccessCount"]
+            ),
+            (&json!(6), &json!(9), &json!(15))
+        );
+        assert_eq!(v["batchTitle"], "June");
+        assert_eq!(v["batchdescription"], "G2P June");
+        for date in ["approvalDate", "completionDate", "creationDate"] {
+            assert!(
+                v[date].as_str().is_some_and(|d| d.ends_with('Z')),
+                "{date}: {v}"
+            );
+        }
+        let (_, b) = get(
+            &http,
+            &base,
+            &token,
+            &format!("/batchtransactions/{batch_id}"),
+        )
+        .await;
+        assert_eq!(b["batchStatus"], "completed");
+        assert_eq!(b["completionDate"], v["completionDate"]);
+
+        let path = format!("/batchtransactions/{batch_id}");
+        let (code, done, available, returned) =
+            get_page(&http, &base, &token, &format!("{path}/completions")).await;
+        assert_eq!((code, available, returned), (200, Some(6), Some(6)));
+        assert_eq!(
+            references(&done),
+            ["b-ok1", "b-454", "b-474", "b-461", "b-ok2", "-"]
+        );
+        for c in done.as_array().expect("array") {
+            let t = c["transactionReference"].as_str().expect("ref");
+            assert_eq!(c["link"], format!("/transactions/{t}"));
+            assert!(c["completionDate"].is_string() && c["debitParty"].is_array());
+        }
+        let first = done[0]["transactionReference"].as_str().expect("ref");
+        let (code, t) = get(&http, &base, &token, &format!("/transactions/{first}")).await;
+        assert_eq!(
+            (code, t["transactionStatus"].as_str()),
+            (200, Some("completed"))
+        );
+        assert_eq!(t["type"], "disbursement");
+        assert_eq!(t["requestingOrganisationTransactionReference"], "b-ok1");
+        assert_eq!(t["creditParty"], done[0]["creditParty"]);
+
+        let (code, rejected, available, returned) =
+            get_page(&http, &base, &token, &format!("{path}/rejections")).await;
+        assert_eq!((code, available, returned), (200, Some(9), Some(9)));
+        let reasons: HashMap<&str, &str> = rejected
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|r| {
+                assert!(r["rejectionDate"].is_string() && r["creditParty"].is_array());
+                (
+                    r["requestingOrganisationTransactionReference"]
+                        .as_str()
+                        .expect("ref"),
+                    r["rejectionReason"].as_str().expect("reason"),
+                )
+            })
+            .collect();
+        for (reference, _, reason) in cases {
+            assert_eq!(reasons.get(reference).copied(), reason, "{reference}");
+        }
+
+        // Pages: limit and offset, counted in the headers.
+        let (_, p, available, returned) =
+            get_page(&http, &base, &token, &format!("{path}/completions?limit=4")).await;
+        assert_eq!(
+            (p.as_array().map(Vec::len), available, returned),
+            (Some(4), Some(6), Some(4))
+        );
+        let (_, p, available, returned) = get_page(
+            &http,
+            &base,
+            &token,
+            &format!("{path}/completions?offset=4&limit=4"),
+        )
+        .await;
+        assert_eq!(
+            (references(&p), available, returned),
+            (vec!["b-ok2", "-"], Some(6), Some(2))
+        );
+        let (code, p, available, returned) = get_page(
+            &http,
+            &base,
+            &token,
+            &format!("{path}/rejections?offset=100"),
+        )
+        .await;
+        assert_eq!(
+            (code, p, available, returned),
+            (200, json!([]), Some(9), Some(0))
+        );
+        let (code, p, _, returned) = get_page(
+            &http,
+            &base,
+            &token,
+            &format!("{path}/rejections?limit=5000"),
+        )
+        .await;
+        assert_eq!(
+            (code, p.as_array().map(Vec::len), returned),
+            (200, Some(9), Some(9))
+        );
+        for (query, code) in [
+            ("limit=0", "formatError"),
+            ("limit=x", "formatError"),
+            ("offset=-1", "invalidOffset"),
+        ] {
+            let (status, e) =
+                get(&http, &base, &token, &format!("{path}/completions?{query}")).await;
+            assert_eq!(
+                (status, e["errorCode"].as_str()),
+                (400, Some(code)),
+                "{query}"
+            );
+        }
+        for suffix in ["", "/completions", "/rejections"] {
+            let (status, e) = get(
+                &http,
+                &base,
+                &token,
+                &format!("/batchtransactions/{}{suffix}", new_id()),
+            )
+            .await;
+            assert_eq!(
+                (status, e["errorCategory"].as_str()),
+                (404, Some("identification"))
+            );
+        }
+
+        // The X-CorrelationID again, as a batch or a single request: refused, nothing executed.
+        let (code, e) = post_batch(&http, &base, &token, &id, Some(&cb), &batch).await;
+        assert_eq!(
+            (code, e["errorCode"].as_str()),
+            (400, Some("duplicateRequest"))
+        );
+        let (code, e) = post(
+            &http,
+            &base,
+            &token,
+            &id,
+            Some(&cb),
+            &body("b-ok1", "256700000001"),
+        )
+        .await;
+        assert_eq!(
+            (code, e["errorCode"].as_str()),
+            (400, Some("duplicateRequest"))
+        );
+        let (_, l) = get(&http, &base, &token, &format!("/responses/{id}")).await;
+        assert_eq!(l["link"], format!("/batchtransactions/{batch_id}"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(rx.try_recv().is_err(), "one callback only");
+
+        let stats = sim.simulator.stats();
+        for (reference, _, reason) in cases {
+            let executed = stats.executed.get(reference).copied();
+            assert_eq!(executed, reason.is_none().then_some(1), "{reference}");
+        }
+        assert_eq!(stats.executed.get(&format!("{id}#14")), Some(&1));
+        assert_eq!(stats.executed.values().sum::<u64>(), 6);
+        assert_eq!(stats.submissions.get("b-ok1"), Some(&3));
+        assert_eq!(stats.submissions.get("b-476"), Some(&2));
+        assert_eq!(stats.callbacks_sent, 1);
+    }
+
+    #[tokio::test]
+    async fn invalid_or_unauthorised_batches_are_refused_whole() {
+        let (sim, http) = start(SimConfig::default()).await;
+        let base = sim.base_url();
+        let token = get_token(&http, &base).await;
+        let good =
+            json!({"transactions": [item("v-1", "256700000001"), item("v-2", "256700000002")]});
+        type Edit = fn(&mut Value);
+        let cases: [(Edit, &str, &str); 8] = [
+            (
+                |b| b["transactions"][1]["amount"] = json!("12.50"),
+                "transactions[1].amount",
+                "formatError",
+            ),
+            (
+                |b| {
+                    if let Some(o) = b["transactions"][0].as_object_mut() {
+                        o.remove("type");
+                    }
+                },
+                "transactions[0].type",
+                "mandatoryValueNotSupplied",
+            ),
+            (
+                |b| b["transactions"][1]["type"] = json!("billpay"),
+                "transactions[1].type",
+                "formatError",
+            ),
+            (
+                |b| {
+                    if let Some(o) = b["transactions"][0].as_object_mut() {
+                        o.remove("debitParty");
+                    }
+                },
+                "transactions[0].debitParty",
+                "mandatoryValueNotSupplied",
+            ),
+            (
+                |b| b["transactions"][1]["creditParty"] = json!([{"key": "msisdn", "value": "12"}]),
+                "transactions[1].creditParty",
+                "formatError",
+            ),
+            (
+                |b| b["transactions"][1] = json!("x"),
+                "transactions[1]",
+                "formatError",
+            ),
+            (
+                |b| b["transactions"] = json!([]),
+                "transactions",
+                "formatError",
+            ),
+            (|b| b["batchTitle"] = json!(5), "batchTitle", "lengthError"),
+        ];
+        // One X-CorrelationID throughout: a refused batch is not stored, so it stays unused.
+        let id = new_id();
+        for (edit, key, code) in cases {
+            let mut bad = good.clone();
+            edit(&mut bad);
+            let (status, e) = post_batch(&http, &base, &token, &id, None, &bad).await;
+            assert_eq!(status, 400, "{key}: {e}");
+            assert_eq!(e["errorCategory"], "validation", "{key}");
+            assert_eq!(e["errorCode"], code, "{key}");
+            assert_eq!(e["errorParameters"][0]["key"], key, "{e}");
+        }
+        let r = http
+            .post(format!("{base}/batchtransactions"))
+            .bearer_auth(&token)
+            .header("X-API-Key", API_KEY)
+            .header("X-CorrelationID", &id)
+            .body("nope")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 400);
+        // Credentials are required: a token and the X-API-Key.
+        let r = http
+            .post(format!("{base}/batchtransactions"))
+            .header("X-API-Key", API_KEY)
+            .header("X-CorrelationID", &id)
+            .json(&good)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 401);
+        let r = http
+            .post(format!("{base}/batchtransactions"))
+            .bearer_auth(&token)
+            .header("X-CorrelationID", &id)
+            .json(&good)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 401);
+        let stats = sim.simulator.stats();
+        assert!(stats.submissions.is_empty() && stats.executed.is_empty());
+
+        let (code, state) = post_batch(&http, &base, &token, &id, None, &good).await;
+        assert_eq!(
+            (code, state["notificationMethod"].as_str()),
+            (202, Some("polling"))
+        );
+        let batch_id = state["objectReference"].as_str().expect("batch id");
+        for suffix in ["", "/completions", "/rejections"] {
+            let r = http
+                .get(format!("{base}/batchtransactions/{batch_id}{suffix}"))
+                .header("X-API-Key", API_KEY)
+                .send()
+                .await
+                .expect("get");
+            assert_eq!(r.status(), 401, "{suffix}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (_, b) = get(
+            &http,
+            &base,
+            &token,
+            &format!("/batchtransactions/{batch_id}"),
+        )
+        .await;
+        assert_eq!(b["batchStatus"], "completed");
+        let stats = sim.simulator.stats();
+        assert_eq!(stats.executed.get("v-1"), Some(&1));
+        assert_eq!(stats.executed.get("v-2"), Some(&1));
+        assert_eq!(stats.callbacks_sent, 0);
+    }
+
+    #[tokio::test]
+    async fn an_item_pending_forever_keeps_the_batch_from_completing() {
+        let (sim, http) = start(SimConfig::default()).await;
+        let base = sim.base_url();
+        let (cb, mut rx, _rt) = receiver().await;
+        let token = get_token(&http, &base).await;
+        let batch =
+            json!({"transactions": [item("p-ok", "256700000001"), item("p-453", "46733123453")]});
+        let (code, state) = post_batch(&http, &base, &token, &new_id(), Some(&cb), &batch).await;
+        assert_eq!(code, 202);
+        let path = format!(
+            "/batchtransactions/{}",
+            state["objectReference"].as_str().expect("batch id")
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (_, b) = get(&http, &base, &token, &path).await;
+        assert_eq!(b["batchStatus"], "created");
+        assert_eq!(b["processingFlag"], true);
+        assert_eq!(
+            (&b["completedCount"], &b["rejectionCount"]),
+            (&json!(1), &json!(0))
+        );
+        assert!(b.get("completionDate").is_none());
+        let (_, done, _, _) = get_page(&http, &base, &token, &format!("{path}/completions")).await;
+        assert_eq!(references(&done), ["p-ok"]);
+        let (_, rejected, _, _) =
+            get_page(&http, &base, &token, &format!("{path}/rejections")).await;
+        assert_eq!(rejected, json!([]));
+        assert!(
+            rx.try_recv().is_err(),
+            "no callback for an incomplete batch"
+        );
+        let stats = sim.simulator.stats();
+        assert_eq!(stats.executed.get("p-ok"), Some(&1));
+        assert_eq!(stats.executed.get("p-453"), None);
+    }
+
+    #[tokio::test]
+    async fn batch_callback_lost_duplicated_early_or_answer_late() {
+        let (sim, http) = start(SimConfig {
+            hang_ms: 600,
+            ..SimConfig::default()
+        })
+        .await;
+        let base = sim.base_url();
+        let (cb, mut rx, _rt) = receiver().await;
+        let token = get_token(&http, &base).await;
+        let batch = |suffix: &str| {
+            json!({"transactions": [item(&format!("c-{suffix}"), &format!("46733123{suffix}")),
+                                    item(&format!("c-ok-{suffix}"), "256700000001")]})
+        };
+
+        // 471: processed, but the callback is lost.
+        let (code, state) =
+            post_batch(&http, &base, &token, &new_id(), Some(&cb), &batch("471")).await;
+        assert_eq!(code, 202);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let path = format!(
+            "/batchtransactions/{}",
+            state["objectReference"].as_str().expect("id")
+        );
+        let (_, b) = get(&http, &base, &token, &path).await;
+        assert_eq!(b["batchStatus"], "completed");
+        assert!(rx.try_recv().is_err(), "471: no callback");
+        assert_eq!(sim.simulator.stats().callbacks_lost, 1);
+
+        // 472: the same callback twice.
+        let id = new_id();
+        let (code, _) = post_batch(&http, &base, &token, &id, Some(&cb), &batch("472")).await;
+        assert_eq!(code, 202);
+        let (first, second) = (next(&mut rx).await, next(&mut rx).await);
+        assert_eq!(first, second);
+        assert_eq!(
+            (first.0.as_str(), first.1["batchStatus"].as_str()),
+            (id.as_str(), Some("completed"))
+        );
+
+        // 473: the callback arrives before the 202.
+        let id = new_id();
+        let (code, state) = post_batch(&http, &base, &token, &id, Some(&cb), &batch("473")).await;
+        assert_eq!((code, state["status"].as_str()), (202, Some("completed")));
+        let (cid, v) = rx.try_recv().expect("callback before the answer");
+        assert_eq!((cid, &v["batchId"]), (id, &state["objectReference"]));
+
+        // 470: processed at once, answered after hang_ms, no callback; /responses finds it.
+        let id = new_id();
+        let req = {
+            let (http, base, token, id, cb) = (
+                http.clone(),
+                base.clone(),
+                token.clone(),
+                id.clone(),
+                cb.clone(),
+            );
+            tokio::spawn(async move {
+                post_batch(&http, &base, &token, &id, Some(&cb), &batch("470")).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!req.is_finished());
+        let (code, l) = get(&http, &base, &token, &format!("/responses/{id}")).await;
+        assert_eq!(code, 200);
+        let link = l["link"].as_str().expect("link").to_owned();
+        let (_, b) = get(&http, &base, &token, &link).await;
+        assert_eq!(b["batchStatus"], "completed");
+        assert_eq!(sim.simulator.stats().executed.get("c-470"), Some(&1));
+        let (code, state) = req.await.expect("join");
+        assert_eq!((code, state["status"].as_str()), (202, Some("completed")));
+        assert_eq!(
+            link,
+            format!(
+                "/batchtransactions/{}",
+                state["objectReference"].as_str().expect("id")
+            )
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(rx.try_recv().is_err(), "470: no callback");
+
+        let stats = sim.simulator.stats();
+        assert_eq!((stats.callbacks_sent, stats.callbacks_lost), (3, 1));
+        for s in ["471", "472", "473", "470"] {
+            assert_eq!(stats.executed.get(&format!("c-{s}")), Some(&1), "{s}");
+            assert_eq!(stats.executed.get(&format!("c-ok-{s}")), Some(&1), "{s}");
+        }
     }
 
     #[test]
