@@ -821,3 +821,206 @@ fn gsma_adapter_reads_every_answer_shape() {
     let error = dry["candidates"][0]["error"].as_str().expect("error");
     assert!(error.contains("no party identifier"), "{dry}");
 }
+
+/// Installs the GSMA adapter with bulk sending on (`capabilities.bulk_size`).
+fn bulk(line: &str) -> Option<String> {
+    line.starts_with("bulk_size")
+        .then(|| "bulk_size = 50".to_string())
+}
+
+#[tokio::test]
+async fn gsma_bulk_batches_reach_their_final_states_and_match_the_spec() {
+    let (app, rec, proxy) = recorded_app(SimConfig::default(), "gsma-mmapi", bulk).await;
+    // (reference, payee, final status, reason code)
+    let cases: &[(&str, &str, &str, Option<&str>)] = &[
+        ("ok-1", "256700005001", "succeeded", None),
+        ("ok-2", "256700005002", "succeeded", None),
+        ("ok-3", "256700005003", "succeeded", None),
+        (
+            "no-funds",
+            "46733123476",
+            "failed",
+            Some("insufficientFunds"),
+        ),
+        (
+            "not-found",
+            "46733123475",
+            "failed",
+            Some("identifierError"),
+        ),
+        (
+            "limit",
+            "46733123457",
+            "failed",
+            Some("dailyValueLimitExceeded"),
+        ),
+        (
+            "max-balance",
+            "46733123456",
+            "failed",
+            Some("maxBalanceExceeded"),
+        ),
+        ("declined", "46733123451", "failed", Some("requestDeclined")),
+        ("slow", "46733123454", "succeeded", None),
+        // Batch-wide: the batch callback is sent twice; PIL needs none of them anyway.
+        ("callback-twice", "46733123472", "succeeded", None),
+    ];
+    let batch = app
+        .submit(
+            "gsma-bulk",
+            cases
+                .iter()
+                .map(|(r, n, _, _)| payment(r, &gsma(n), "3.50"))
+                .collect(),
+        )
+        .await;
+    let all = app.wait_final(&batch).await;
+    for (reference, _, want, code) in cases {
+        let p = &all[*reference];
+        assert_eq!(status(p), *want, "{reference}: {p}");
+        if let Some(code) = code {
+            assert_eq!(p["reason_code"], *code, "{reference}: {p}");
+        }
+        assert_eq!(submissions(&app, id_of(p)), 1, "{reference}");
+        assert_eq!(
+            executed(&app, id_of(p)),
+            u64::from(*want == "succeeded"),
+            "{reference}"
+        );
+    }
+    // One bulk request carried them all; each payment was settled from the batch's lists.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = rec.seen.lock().expect("lock").clone();
+    let posts: Vec<_> = seen
+        .iter()
+        .filter(|x| x.method == "POST" && x.path == "/batchtransactions")
+        .collect();
+    assert_eq!(posts.len(), 1, "{posts:?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|x| x.path == "/transactions/type/disbursement")
+    );
+    let ok = full(&app, id_of(&all["ok-1"])).await;
+    assert!(
+        attempt_urls(&ok, "submit")[0].ends_with("/batchtransactions"),
+        "{ok}"
+    );
+    assert!(
+        attempt_urls(&ok, "status")
+            .iter()
+            .any(|u| u.contains("/completions")),
+        "{ok}"
+    );
+    assert!(
+        ok["dfsp_ref"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("/transactions/")),
+        "{ok}"
+    );
+
+    // The traffic against the spec: the bulk request, its 202, the batch callback, the lists.
+    let spec = Spec::load(&crate::helpers::repo().join(SPEC_FILE));
+    let doc = spec_doc();
+    let create = "/paths/~1batchtransactions/post";
+    let response = |path: &str, code: u16| {
+        body_schema(
+            &doc,
+            &format!("/paths/{}/get/responses/{code}", path.replace('/', "~1")),
+        )
+    };
+    let post = posts[0];
+    check(
+        &spec,
+        &body_schema(&doc, &format!("{create}/requestBody")),
+        "bulk request",
+        &post.body,
+    );
+    check(
+        &spec,
+        &body_schema(&doc, &format!("{create}/responses/202")),
+        "bulk 202",
+        &post.response,
+    );
+    check(
+        &spec,
+        "/components/parameters/X-CorrelationID/schema",
+        "X-CorrelationID",
+        &json!(post.headers["x-correlationid"]),
+    );
+    assert_eq!(
+        post.headers["x-callback-url"],
+        format!("{proxy}/callbacks/gsma-mmapi/batchtransactions")
+    );
+    let items = post.body["transactions"].as_array().expect("transactions");
+    assert_eq!(items.len(), cases.len());
+    let mut lists = 0;
+    for x in &seen {
+        if x.path
+            .starts_with("/callbacks/gsma-mmapi/batchtransactions")
+        {
+            check(
+                &spec,
+                &body_schema(
+                    &doc,
+                    &format!(
+                        "{create}/callbacks/batchTransactionsSuccessEvent/{{$request.header.X-Callback-URL}}/put/requestBody"
+                    ),
+                ),
+                "batch callback",
+                &x.body,
+            );
+        } else if x.path.ends_with("/completions") || x.path.ends_with("/rejections") {
+            let template = if x.path.ends_with("/completions") {
+                "/batchtransactions/{batchId}/completions"
+            } else {
+                "/batchtransactions/{batchId}/rejections"
+            };
+            check(&spec, &response(template, 200), template, &x.response);
+            lists += 1;
+        }
+    }
+    assert!(lists >= 2, "completions and rejections were read");
+}
+
+#[tokio::test]
+async fn a_lost_bulk_answer_is_found_through_its_correlation_id_never_resent() {
+    let app = spawn_with(SimConfig::default(), |_, dir| {
+        let path = dir.join("adapters/gsma-mmapi/adapter.toml");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| bulk(l).unwrap_or_else(|| l.to_string()))
+            .collect();
+        std::fs::write(&path, text.join("\n")).expect("write");
+    })
+    .await;
+    let batch = app
+        .submit(
+            "gsma-bulk-timeout",
+            vec![
+                payment("hangs", &gsma("46733123470"), "1.00"),
+                payment("peer-ok", &gsma("256700006001"), "2.00"),
+                payment("peer-no-funds", &gsma("46733123476"), "3.00"),
+            ],
+        )
+        .await;
+    let all = app.wait_final(&batch).await;
+    assert_eq!(status(&all["hangs"]), "succeeded", "{}", all["hangs"]);
+    assert_eq!(status(&all["peer-ok"]), "succeeded");
+    assert_eq!(status(&all["peer-no-funds"]), "failed");
+    for p in all.values() {
+        assert_eq!(submissions(&app, id_of(p)), 1, "{p}");
+        assert_eq!(
+            executed(&app, id_of(p)),
+            u64::from(status(p) == "succeeded"),
+            "{p}"
+        );
+        let story = full(&app, id_of(p)).await;
+        let urls = attempt_urls(&story, "status");
+        assert!(
+            urls.iter().any(|u| u.contains("/responses/")),
+            "looked up by X-CorrelationID: {story}"
+        );
+    }
+}
