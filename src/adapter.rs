@@ -232,6 +232,8 @@ pub enum TokenMethod {
 
 #[derive(Debug, Clone)]
 pub struct AdapterConfig {
+    /// A digest of the file and the secrets it resolved (never the secrets themselves).
+    pub fingerprint: String,
     pub id: String,
     pub name: String,
     pub base_url: String,
@@ -390,7 +392,8 @@ impl AdapterConfig {
         if raw.max_in_flight == 0 {
             return Err(invalid("max_in_flight must be at least 1".into()));
         }
-        Ok(AdapterConfig {
+        let mut config = AdapterConfig {
+            fingerprint: String::new(),
             name: raw.name.clone().unwrap_or_else(|| raw.id.clone()),
             id: raw.id,
             base_url,
@@ -405,7 +408,9 @@ impl AdapterConfig {
             capabilities: raw.capabilities,
             retry: raw.retry,
             poll: raw.poll,
-        })
+        };
+        config.fingerprint = fingerprint(text, &config.secrets());
+        Ok(config)
     }
 
     /// Every resolved secret value, so that logs and responses can be checked against them.
@@ -431,6 +436,19 @@ impl AdapterConfig {
         }
         out
     }
+}
+
+/// Changes when the file or any secret it references changes (an environment variable or a
+/// mounted secret file re-read on reload), so a DFSP client is rebuilt exactly then.
+fn fingerprint(text: &str, secrets: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(text.as_bytes());
+    for s in secrets {
+        h.update([0u8]);
+        h.update(s.as_bytes());
+    }
+    hex::encode(h.finalize())
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

@@ -25,6 +25,8 @@ pub struct Settings {
     pub max_amount: Option<Decimal>,
     /// Run the dispatcher and poller in this process (false: API only).
     pub dispatch: bool,
+    /// Watch `rules_dir` and `adapters_dir` and swap in changed scripts that pass every check.
+    pub watch_scripts: bool,
     /// Dispatch workers claiming groups concurrently.
     pub workers: usize,
     /// Payments per claimed group.
@@ -103,6 +105,7 @@ impl Default for Settings {
             max_batch_payments: 100_000,
             max_amount: None,
             dispatch: true,
+            watch_scripts: true,
             workers: 2,
             claim_size: 200,
             max_outstanding: 4_000,
@@ -135,6 +138,7 @@ const KEYS: &[&str] = &[
     "max_batch_payments",
     "max_amount",
     "dispatch",
+    "watch_scripts",
     "workers",
     "claim_size",
     "max_outstanding",

@@ -193,9 +193,8 @@ pub async fn handle_callback(
     raw: RawCallback,
 ) -> Result<CallbackOutcome, CallbackError> {
     let adapter = live
-        .bundle
-        .adapter(&raw.dfsp)
-        .cloned()
+        .follower(&raw.dfsp)
+        .map(|(a, _)| a.clone())
         .ok_or_else(|| CallbackError::UnknownDfsp(raw.dfsp.clone()))?;
     // The script's view is built first so the raw callback can move into the writer.
     // Header names arrive lower-cased (axum's HeaderMap), values as strings.
@@ -320,8 +319,7 @@ pub async fn poll_once(
     let shared_reads = SharedReads::default();
     for p in &claimed {
         let dfsp = p.dfsp.clone().unwrap_or_default();
-        let (Some(adapter), Some(client)) = (live.bundle.adapter(&dfsp), live.clients.get(&dfsp))
-        else {
+        let Some((adapter, client)) = live.follower(&dfsp) else {
             parked.push(park(p, "no adapter to query"));
             continue;
         };

@@ -17,6 +17,7 @@ pub mod jws;
 pub mod map;
 pub mod money;
 pub mod payment;
+pub mod reload;
 pub mod report;
 pub mod route;
 pub mod script;

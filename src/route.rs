@@ -9,13 +9,16 @@ use std::sync::Arc;
 use rhai::{Array, Dynamic, Map};
 
 use crate::executor::DfspClient;
-use crate::script::{Bundle, ScriptError, map_str};
+use crate::script::{Adapter, Bundle, ScriptError, map_str};
 
 /// The scripts in force plus one HTTP client per adapter, swapped together.
 #[derive(Debug)]
 pub struct Live {
     pub bundle: Arc<Bundle>,
     pub clients: BTreeMap<String, Arc<DfspClient>>,
+    /// Adapters whose folder was removed by a reload: nothing is routed or sent to them any
+    /// more, but payments already sent there are still followed (polls, callbacks).
+    pub retired: BTreeMap<String, (Arc<Adapter>, Arc<DfspClient>)>,
 }
 
 impl Live {
@@ -30,7 +33,54 @@ impl Live {
         Ok(Live {
             bundle: Arc::new(bundle),
             clients,
+            retired: BTreeMap::new(),
         })
+    }
+
+    /// The next version: `bundle` with clients carried over from `self` where an adapter's
+    /// configuration (file and resolved secrets) is unchanged, so tokens, circuit states and
+    /// requests in flight survive a script edit; changed ones get a new client. Adapters that
+    /// disappeared are kept as retired.
+    pub fn next(&self, bundle: Bundle) -> Result<Live, crate::executor::ExecutorError> {
+        let mut clients = BTreeMap::new();
+        for (id, adapter) in &bundle.adapters {
+            let kept = self
+                .clients
+                .get(id)
+                .or_else(|| self.retired.get(id).map(|(_, c)| c))
+                .filter(|c| c.config().fingerprint == adapter.config.fingerprint);
+            let client = match kept {
+                Some(c) => c.clone(),
+                None => Arc::new(DfspClient::new(adapter.config.clone())?),
+            };
+            clients.insert(id.clone(), client);
+        }
+        let mut retired: BTreeMap<String, (Arc<Adapter>, Arc<DfspClient>)> = self
+            .retired
+            .iter()
+            .filter(|(id, _)| !bundle.adapters.contains_key(*id))
+            .map(|(id, r)| (id.clone(), r.clone()))
+            .collect();
+        for (id, adapter) in &self.bundle.adapters {
+            if !bundle.adapters.contains_key(id)
+                && let Some(client) = self.clients.get(id)
+            {
+                retired.insert(id.clone(), (adapter.clone(), client.clone()));
+            }
+        }
+        Ok(Live {
+            bundle: Arc::new(bundle),
+            clients,
+            retired,
+        })
+    }
+
+    /// The adapter and client that follow a payment sent to `dfsp`, retired or not.
+    pub fn follower(&self, dfsp: &str) -> Option<(&Arc<Adapter>, &Arc<DfspClient>)> {
+        match (self.bundle.adapter(dfsp), self.clients.get(dfsp)) {
+            (Some(a), Some(c)) => Some((a, c)),
+            _ => self.retired.get(dfsp).map(|(a, c)| (a, c)),
+        }
     }
 
     /// `ctx` for `route`, with this process's circuit states and requests in flight.

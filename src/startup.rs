@@ -59,6 +59,11 @@ impl Application {
             .unwrap_or_else(|| format!("http://{addr}"));
         let writer = Writer::start(store.clone());
         let live = Arc::new(ArcSwap::from_pointee(live));
+        let reloader = Arc::new(crate::reload::Reloader::new(
+            settings.rules_dir.clone(),
+            settings.adapters_dir.clone(),
+            live.clone(),
+        ));
         let wake = Arc::new(Notify::new());
         let dispatcher = Dispatcher::new(
             store.clone(),
@@ -89,8 +94,11 @@ impl Application {
             crate::api::g2p::resolve_senders(&settings)
                 .map_err(|e| anyhow::anyhow!("invalid sender configuration: {e}"))?,
         );
-        let settings = Arc::new(settings);
         let mut tasks = tasks;
+        if settings.watch_scripts {
+            tasks.push(reloader.clone().spawn());
+        }
+        let settings = Arc::new(settings);
         if settings.dispatch {
             tasks.extend(crate::report::spawn(
                 store.clone(),
@@ -106,6 +114,7 @@ impl Application {
             wake,
             signer,
             senders,
+            reloader,
         };
         let app = api::router(state.clone());
         let server = tokio::spawn(async move { axum::serve(listener, app).await });

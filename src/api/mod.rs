@@ -37,6 +37,8 @@ pub struct AppState {
     pub signer: Arc<crate::report::Signer>,
     /// G2P Connect senders, secrets resolved.
     pub senders: Arc<Vec<g2p::Sender>>,
+    /// Hot reload of the scripts; its status is shown by the admin API.
+    pub reloader: Arc<crate::reload::Reloader>,
 }
 
 #[derive(OpenApi)]

@@ -12,5 +12,6 @@ mod iso;
 mod legacy;
 mod mojaloop;
 mod mpesa;
+mod reload;
 mod spec;
 mod store;
