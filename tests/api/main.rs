@@ -13,5 +13,6 @@ mod legacy;
 mod mojaloop;
 mod mpesa;
 mod reload;
+mod sandbox;
 mod spec;
 mod store;
