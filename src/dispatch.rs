@@ -42,6 +42,7 @@ pub struct DispatchSettings {
 }
 
 pub struct Dispatcher {
+    metrics: Arc<crate::metrics::Metrics>,
     store: Arc<dyn Store>,
     writer: Writer,
     live: Arc<ArcSwap<Live>>,
@@ -83,8 +84,10 @@ impl Dispatcher {
         live: Arc<ArcSwap<Live>>,
         settings: DispatchSettings,
         wake: Arc<Notify>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Dispatcher> {
         Arc::new(Dispatcher {
+            metrics,
             outstanding: Arc::new(Semaphore::new(settings.max_outstanding.max(1))),
             store,
             writer,
@@ -156,6 +159,7 @@ impl Dispatcher {
                 &self.settings.instance_id,
                 200,
                 &self.settings.public_url,
+                &self.metrics,
             )
             .await
             {
@@ -206,7 +210,8 @@ impl Dispatcher {
             let writer = self.writer.clone();
             let engine = live.bundle.engine.clone();
             let lease_ms = self.settings.sending_lease_ms;
-            tokio::spawn(async move { send_all(writer, engine, sends, lease_ms).await });
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move { send_all(writer, engine, sends, lease_ms, metrics).await });
         }
         Ok(count)
     }
@@ -528,7 +533,13 @@ fn settle(
 /// `sending` is committed for the payments of the requests that got one (grouped), then each
 /// request leaves in its own task; answers are committed as they arrive, grouped with whatever
 /// else finished. A bulk request counts as one request in flight.
-async fn send_all(writer: Writer, engine: Arc<rhai::Engine>, group: Vec<ToSend>, lease_ms: i64) {
+async fn send_all(
+    writer: Writer,
+    engine: Arc<rhai::Engine>,
+    group: Vec<ToSend>,
+    lease_ms: i64,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
     for s in group {
         let tx = ready_tx.clone();
@@ -540,7 +551,12 @@ async fn send_all(writer: Writer, engine: Arc<rhai::Engine>, group: Vec<ToSend>,
     }
     drop(ready_tx);
     let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
-    let recorder = tokio::spawn(record_answers(writer.clone(), engine.clone(), done_rx));
+    let recorder = tokio::spawn(record_answers(
+        writer.clone(),
+        engine.clone(),
+        done_rx,
+        metrics,
+    ));
     while let Some(first) = ready_rx.recv().await {
         let ready = gather(first, &mut ready_rx).await;
         let now = now_ms();
@@ -626,13 +642,14 @@ async fn record_answers(
     writer: Writer,
     engine: Arc<rhai::Engine>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<(ToSend, Sent, i64, i64)>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     while let Some(first) = rx.recv().await {
         let done = gather(first, &mut rx).await;
         let changes: Vec<Change> = done
             .iter()
             .flat_map(|(s, sent, started, finished)| {
-                after_send(&engine, s, sent, *started, *finished)
+                after_send(&engine, &metrics, s, sent, *started, *finished)
             })
             .collect();
         if let Err(e) = writer.apply(changes).await {
@@ -677,6 +694,7 @@ fn script_unknown(e: &crate::script::ScriptError) -> Outcome {
 /// The changes that one send's result causes, from `sending`: one per payment it carried.
 fn after_send(
     engine: &rhai::Engine,
+    metrics: &crate::metrics::Metrics,
     s: &ToSend,
     sent: &Sent,
     started: i64,
@@ -733,11 +751,34 @@ fn after_send(
         Sent::Response(resp) => Some(i64::from(resp.status)),
         _ => None,
     };
+    // One request, however many payments it carried.
+    metrics.request(&Attempt {
+        http_status,
+        error: error.clone(),
+        ..attempt.clone()
+    });
     let now = now_ms();
     s.payments
         .iter()
         .zip(outcomes)
         .filter_map(|((p, _), outcome)| {
+            if outcome.status == Reported::Unknown {
+                tracing::warn!(
+                    payment = %p.id,
+                    dfsp = %cfg.id,
+                    payee = %p.masked_payee(),
+                    reason = outcome.reason.as_deref().unwrap_or(""),
+                    "outcome unknown; it will be looked up, never resent blindly"
+                );
+            } else {
+                tracing::debug!(
+                    payment = %p.id,
+                    dfsp = %cfg.id,
+                    payee = %p.masked_payee(),
+                    status = ?outcome.status,
+                    "DFSP answered"
+                );
+            }
             let mut p = p.clone();
             p.attempts += 1;
             let attempt = Attempt {

@@ -304,6 +304,7 @@ pub async fn poll_once(
     owner: &str,
     limit: i64,
     public_url: &str,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<usize, CallbackError> {
     let now = now_ms();
     let claimed = store
@@ -407,6 +408,7 @@ pub async fn poll_once(
             next: None,
         });
         attempt.outcome = format!("{:?}", report.status).to_lowercase();
+        metrics.request(&attempt);
         if let Some(change) = report_change(p, p.status, &adapter.config, &report, now_ms(), true) {
             changes.push(change.with_attempt(attempt));
         }

@@ -15,6 +15,7 @@ pub mod follow;
 pub mod ingest;
 pub mod jws;
 pub mod map;
+pub mod metrics;
 pub mod money;
 pub mod payment;
 pub mod reload;

@@ -167,6 +167,27 @@ pub struct Payment {
     pub updated_at: i64,
 }
 
+impl Payment {
+    /// The payee for logs: scheme and provider kept, the identifier masked but for its last
+    /// three characters (`mobile:********456@mtn`, `MSISDN:********001`).
+    pub fn masked_payee(&self) -> String {
+        fn mask(id: &str) -> String {
+            let n = id.chars().count();
+            let keep = if n > 6 { 3 } else { 0 };
+            let tail: String = id.chars().skip(n - keep).collect();
+            format!("{}{tail}", "*".repeat(n - keep))
+        }
+        match (&self.payee_fa, &self.payee_id_type, &self.payee_id_value) {
+            (Some(fa), _, _) => match crate::address::FinancialAddress::parse(fa) {
+                Ok(a) => format!("{}:{}@{}", a.scheme, mask(&a.id), a.provider),
+                Err(_) => mask(fa),
+            },
+            (None, Some(t), Some(v)) => format!("{t}:{}", mask(v)),
+            _ => String::new(),
+        }
+    }
+}
+
 /// One appended history entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -370,5 +391,37 @@ mod tests {
         assert_eq!(Status::Succeeded.legacy_pil(), "COMPLETED");
         assert_eq!(Status::parse("unknown"), Some(Status::Unknown));
         assert_eq!(Status::parse("bogus"), None);
+    }
+
+    #[test]
+    fn payees_are_masked_for_logs() {
+        use crate::ingest::{self, Item};
+        let payment = |fa: Option<&str>, id: Option<(&str, &str)>| {
+            let item = Item {
+                reference_id: Some(serde_json::json!("r")),
+                payee_fa: fa.map(|f| serde_json::json!(f)),
+                payee_id_type: id.map(|(t, _)| serde_json::json!(t)),
+                payee_id_value: id.map(|(_, v)| serde_json::json!(v)),
+                amount: Some(serde_json::json!("1")),
+                currency: Some(serde_json::json!("KES")),
+                payee_name: None,
+                note: None,
+                meta: None,
+            };
+            let rows = ingest::validate(&[item], &ingest::Limits::default()).expect("valid");
+            ingest::received_payment(&rows[0], "b", "s", 0).expect("payment")
+        };
+        assert_eq!(
+            payment(Some("mobile:256772123456@mtn"), None).masked_payee(),
+            "mobile:*********456@mtn"
+        );
+        assert_eq!(
+            payment(None, Some(("MSISDN", "256700000001"))).masked_payee(),
+            "MSISDN:*********001"
+        );
+        assert_eq!(
+            payment(Some("account:1234@bank"), None).masked_payee(),
+            "account:****@bank"
+        );
     }
 }

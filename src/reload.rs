@@ -166,10 +166,16 @@ pub struct Reloader {
     status: Mutex<ReloadStatus>,
     /// One reload at a time.
     busy: tokio::sync::Mutex<()>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Reloader {
-    pub fn new(rules_dir: PathBuf, adapters_dir: PathBuf, live: Arc<ArcSwap<Live>>) -> Reloader {
+    pub fn new(
+        rules_dir: PathBuf,
+        adapters_dir: PathBuf,
+        live: Arc<ArcSwap<Live>>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Reloader {
         let fp = fingerprint(&[&rules_dir, &adapters_dir]);
         Reloader {
             rules_dir,
@@ -181,6 +187,7 @@ impl Reloader {
                 ..ReloadStatus::default()
             }),
             busy: tokio::sync::Mutex::new(()),
+            metrics,
         }
     }
 
@@ -249,12 +256,14 @@ impl Reloader {
                 status.fingerprint = fp;
                 status.problems.clear();
                 status.applied += 1;
+                self.metrics.reload(true, 0);
                 tracing::info!(versions = %versions.join(", "), "scripts reloaded");
                 Outcome::Applied
             }
             Err(problems) => {
                 status.problems = problems.clone();
                 status.refused += 1;
+                self.metrics.reload(false, problems.len());
                 for p in &problems {
                     tracing::error!(problem = %p, "script change refused; the last good version stays");
                 }

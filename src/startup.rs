@@ -59,10 +59,12 @@ impl Application {
             .unwrap_or_else(|| format!("http://{addr}"));
         let writer = Writer::start(store.clone());
         let live = Arc::new(ArcSwap::from_pointee(live));
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let reloader = Arc::new(crate::reload::Reloader::new(
             settings.rules_dir.clone(),
             settings.adapters_dir.clone(),
             live.clone(),
+            metrics.clone(),
         ));
         let wake = Arc::new(Notify::new());
         let dispatcher = Dispatcher::new(
@@ -80,6 +82,7 @@ impl Application {
                 instance_id: settings.instance_id.clone(),
             },
             wake.clone(),
+            metrics.clone(),
         );
         let tasks = if settings.dispatch {
             dispatcher.spawn()
@@ -115,6 +118,7 @@ impl Application {
             signer,
             senders,
             reloader,
+            metrics,
         };
         let app = api::router(state.clone());
         let server = tokio::spawn(async move { axum::serve(listener, app).await });

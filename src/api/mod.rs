@@ -39,6 +39,7 @@ pub struct AppState {
     pub senders: Arc<Vec<g2p::Sender>>,
     /// Hot reload of the scripts; its status is shown by the admin API.
     pub reloader: Arc<crate::reload::Reloader>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(OpenApi)]
@@ -124,6 +125,7 @@ pub fn router(state: AppState) -> Router {
             "/callbacks/{dfsp}/{*rest}",
             post(dfsp_callback).put(dfsp_callback),
         )
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
@@ -153,6 +155,19 @@ pub(crate) async fn wait_final(
 
 async fn openapi() -> impl IntoResponse {
     Json(ApiDoc::openapi())
+}
+
+/// Prometheus metrics (OpenMetrics text).
+async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let live = state.live.load_full();
+    let text = state.metrics.render(state.store.as_ref(), &live).await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    ))
 }
 
 /// Liveness.
@@ -216,6 +231,7 @@ async fn callback(
         .iter()
         .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_string(), v.into())))
         .collect();
+    let dfsp_id = dfsp.clone();
     let raw = RawCallback {
         dfsp,
         method: method.to_string(),
@@ -238,6 +254,7 @@ async fn callback(
             if let CallbackOutcome::ScriptError(e) = &outcome {
                 tracing::warn!(error = %e, "callback stored but not understood");
             }
+            state.metrics.callback(&dfsp_id, label);
             Ok((status, Json(serde_json::json!({"result": label}))))
         }
         Err(CallbackError::UnknownDfsp(d)) => Err(ApiError::NotFound {

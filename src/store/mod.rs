@@ -313,6 +313,8 @@ pub trait Store: Send + Sync + 'static {
     async fn recover_sending(&self, now: i64, restarted_owner: Option<&str>) -> StoreResult<u64>;
     /// Counts per status across all payments (for the demo and readiness).
     async fn status_counts(&self) -> StoreResult<Vec<(Status, i64)>>;
+    /// Payments per status and DFSP (`None`: not routed yet).
+    async fn status_counts_by_dfsp(&self) -> StoreResult<Vec<(Status, Option<String>, i64)>>;
     async fn ping(&self) -> StoreResult<()>;
 }
 

@@ -925,6 +925,19 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn status_counts_by_dfsp(&self) -> StoreResult<Vec<(Status, Option<String>, i64)>> {
+        let rows =
+            sqlx::query("SELECT status, dfsp, COUNT(*) AS n FROM payments GROUP BY status, dfsp")
+                .fetch_all(&self.reader)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                let s: String = row.try_get("status")?;
+                Ok((status_of(&s)?, row.try_get("dfsp")?, row.try_get("n")?))
+            })
+            .collect()
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())

@@ -1,7 +1,7 @@
-//! Hot reload of the scripts while payments flow: a routing change written to disk takes
-//! effect within a second and loses nothing; broken edits change nothing and are reported
-//! with file, line and column; an adapter folder added or removed adds or retires a DFSP,
-//! and payments already sent to a retired one are still followed.
+//! Hot reload of the scripts while payments flow (and the metrics that show it): a routing
+//! change written to disk takes effect within a second and loses nothing; broken edits change
+//! nothing and are reported with file, line and column; an adapter folder added or removed
+//! adds or retires a DFSP, and payments already sent to a retired one are still followed.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -347,4 +347,73 @@ async fn a_new_adapter_folder_adds_a_dfsp_and_a_removed_one_is_still_followed() 
     );
     let (_, full) = app.get(&format!("/api/v1/payments/{id}")).await;
     assert_eq!(status(&full), "succeeded", "{full}");
+}
+
+#[tokio::test]
+async fn metrics_count_payments_requests_callbacks_and_reloads() {
+    let app = spawn_app().await;
+    let batch = app
+        .submit(
+            "metrics",
+            vec![
+                payment("a", "mobile:256700000001@mtn", "2"),
+                payment("b", "mobile:256700000002@mtn", "3"),
+                payment("c", "mobile:46733123476@mtn", "4"),
+            ],
+        )
+        .await;
+    app.wait_final(&batch).await;
+    // A broken edit, refused.
+    let rules = app.dir.path().join("rules/routing.rhai");
+    edit(&rules, ROUTE_FN, "fn route(p, ctx) {\n    let = 1;");
+    let reloader = app.app.state.reloader.clone();
+    wait_for("the refusal", Duration::from_secs(5), || {
+        reloader.status().refused >= 1
+    })
+    .await;
+
+    let r = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|t| t.starts_with("application/openmetrics-text")),
+        "{:?}",
+        r.headers()
+    );
+    let text = r.text().await.expect("text");
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+    };
+    assert_eq!(
+        value("pil_payments{status=\"succeeded\",dfsp=\"mtn-momo\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("pil_payments{status=\"failed\",dfsp=\"mtn-momo\"}"),
+        1.0
+    );
+    assert_eq!(value("pil_dispatch_queue_depth "), 0.0);
+    assert_eq!(
+        value("pil_dfsp_requests_total{dfsp=\"mtn-momo\",kind=\"submit\",outcome=\"2xx\"}"),
+        3.0
+    );
+    assert_eq!(
+        value("pil_dfsp_request_duration_seconds_count{dfsp=\"mtn-momo\",kind=\"submit\"}"),
+        3.0
+    );
+    assert!(value("pil_callbacks_total{dfsp=\"mtn-momo\",result=\"applied\"}") >= 1.0);
+    assert_eq!(value("pil_script_reloads_total{outcome=\"refused\"}"), 1.0);
+    assert_eq!(value("pil_script_problems "), 1.0);
+    assert_eq!(value("pil_dfsp_in_flight{dfsp=\"mtn-momo\"}"), 0.0);
+    assert_eq!(value("pil_dfsp_circuit_open{dfsp=\"mtn-momo\"}"), 0.0);
 }
