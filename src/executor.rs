@@ -77,6 +77,22 @@ pub struct DfspClient {
     token: Mutex<Option<CachedToken>>,
     failures: std::sync::atomic::AtomicU32,
     open_until: std::sync::atomic::AtomicI64,
+    /// The last [`RECENT`] exchanges (healthy?, milliseconds), for the admin view of a DFSP.
+    recent: std::sync::Mutex<std::collections::VecDeque<(bool, i64)>>,
+}
+
+/// Exchanges kept for [`DfspClient::health`].
+const RECENT: usize = 200;
+
+/// A DFSP's recent health, from its last exchanges.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Exchanges counted (at most 200).
+    pub recent_requests: usize,
+    /// Share of them that failed (transport errors, no answer, 429, 5xx), 0 to 1.
+    pub recent_error_rate: f64,
+    pub latency_p50_ms: i64,
+    pub latency_p95_ms: i64,
 }
 
 /// Circuit-breaker state, as routing rules see it in `ctx.dfsps.<id>.circuit`.
@@ -127,6 +143,7 @@ impl DfspClient {
             token: Mutex::new(None),
             failures: std::sync::atomic::AtomicU32::new(0),
             open_until: std::sync::atomic::AtomicI64::new(0),
+            recent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(RECENT)),
         })
     }
 
@@ -146,12 +163,22 @@ impl DfspClient {
         self.circuit(now) != Circuit::Open
     }
 
-    fn record(&self, sent: &Sent) {
+    fn record(&self, sent: &Sent, millis: i64) {
         use std::sync::atomic::Ordering::Relaxed;
         let healthy = match sent {
             Sent::Response(r) => r.status < 500 && r.status != 429,
             Sent::NotSent(_) | Sent::Unknown(_) => false,
         };
+        {
+            let mut recent = self
+                .recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back((healthy, millis));
+        }
         if healthy {
             self.failures.store(0, Relaxed);
         } else if self.failures.fetch_add(1, Relaxed) + 1 >= CIRCUIT_THRESHOLD {
@@ -162,6 +189,33 @@ impl DfspClient {
 
     pub fn config(&self) -> &AdapterConfig {
         &self.config
+    }
+
+    pub fn health(&self) -> Health {
+        let recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = recent.len();
+        let failed = recent.iter().filter(|(ok, _)| !ok).count();
+        let mut millis: Vec<i64> = recent.iter().map(|(_, ms)| *ms).collect();
+        millis.sort_unstable();
+        let at = |q: usize| {
+            millis
+                .get((n.saturating_sub(1)) * q / 100)
+                .copied()
+                .unwrap_or(0)
+        };
+        Health {
+            recent_requests: n,
+            recent_error_rate: if n == 0 {
+                0.0
+            } else {
+                failed as f64 / n as f64
+            },
+            latency_p50_ms: at(50),
+            latency_p95_ms: at(95),
+        }
     }
 
     pub fn in_flight(&self) -> usize {
@@ -196,6 +250,7 @@ impl DfspClient {
 
     /// [`DfspClient::send`] for a caller that already holds a slot from [`DfspClient::acquire`].
     pub async fn send_permitted(&self, req: &DfspRequest) -> Sent {
+        let started = std::time::Instant::now();
         let (first, token) = self.send_once(req, None).await;
         let sent = match (first, token) {
             (Sent::Response(r), Some(rejected)) if r.status == 401 => {
@@ -203,7 +258,8 @@ impl DfspClient {
             }
             (other, _) => other,
         };
-        self.record(&sent);
+        let millis = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.record(&sent, millis);
         sent
     }
 
@@ -515,21 +571,28 @@ mod tests {
         let c = client();
         let now = crate::clock::now_ms();
         for _ in 0..CIRCUIT_THRESHOLD - 1 {
-            c.record(&Sent::NotSent("refused".into()));
+            c.record(&Sent::NotSent("refused".into()), 10);
         }
         assert_eq!(c.circuit(now), Circuit::Closed);
         // A 4xx answer proves the DFSP is reachable: the count starts again.
-        c.record(&answer(400));
+        c.record(&answer(400), 10);
         for _ in 0..CIRCUIT_THRESHOLD - 1 {
-            c.record(&answer(503));
+            c.record(&answer(503), 10);
         }
         assert!(c.available(now));
-        c.record(&Sent::Unknown("timeout".into()));
+        c.record(&Sent::Unknown("timeout".into()), 10);
         assert_eq!(c.circuit(crate::clock::now_ms()), Circuit::Open);
         assert!(!c.available(crate::clock::now_ms()));
         let later = crate::clock::now_ms() + CIRCUIT_COOL_DOWN_MS + 1;
         assert_eq!(c.circuit(later), Circuit::HalfOpen);
-        c.record(&answer(202));
+        c.record(&answer(202), 30);
         assert_eq!(c.circuit(later), Circuit::Closed);
+        // The admin view: 9 of the 11 exchanges failed (429 and 5xx count, 4xx does not).
+        let h = c.health();
+        assert_eq!(h.recent_requests, 2 * CIRCUIT_THRESHOLD as usize + 1);
+        assert_eq!(h.latency_p50_ms, 10);
+        assert_eq!(h.latency_p95_ms, 10);
+        let failed = 2 * (CIRCUIT_THRESHOLD as usize - 1) + 1;
+        assert!((h.recent_error_rate - failed as f64 / h.recent_requests as f64).abs() < 1e-9);
     }
 }

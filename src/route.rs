@@ -19,6 +19,35 @@ pub struct Live {
     /// Adapters whose folder was removed by a reload: nothing is routed or sent to them any
     /// more, but payments already sent there are still followed (polls, callbacks).
     pub retired: BTreeMap<String, (Arc<Adapter>, Arc<DfspClient>)>,
+    /// DFSPs an operator paused: kept out of routing (payments wait or take a fallback) until
+    /// resumed. Shared by every version, so a reload does not resume them.
+    pub paused: Arc<Paused>,
+}
+
+/// The DFSPs an operator paused.
+#[derive(Debug, Default)]
+pub struct Paused(std::sync::RwLock<std::collections::BTreeSet<String>>);
+
+impl Paused {
+    pub fn contains(&self, dfsp: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(dfsp)
+    }
+
+    /// Returns whether it changed anything.
+    pub fn set(&self, dfsp: &str, paused: bool) -> bool {
+        let mut set = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if paused {
+            set.insert(dfsp.to_string())
+        } else {
+            set.remove(dfsp)
+        }
+    }
 }
 
 impl Live {
@@ -34,6 +63,7 @@ impl Live {
             bundle: Arc::new(bundle),
             clients,
             retired: BTreeMap::new(),
+            paused: Arc::default(),
         })
     }
 
@@ -72,6 +102,7 @@ impl Live {
             bundle: Arc::new(bundle),
             clients,
             retired,
+            paused: self.paused.clone(),
         })
     }
 
@@ -85,24 +116,27 @@ impl Live {
 
     /// `ctx` for `route`, with this process's circuit states and requests in flight.
     pub fn routing_ctx(&self, now: i64) -> Dynamic {
-        routing_ctx(&self.bundle, &self.clients, now)
+        routing_ctx(&self.bundle, &self.clients, Some(&self.paused), now)
     }
 
-    /// The candidates whose circuit is not open, in order. Empty when every one is down: the
-    /// payment then waits rather than being rejected for a passing outage.
+    /// The candidates neither paused nor with an open circuit, in order. Empty when every one
+    /// is down: the payment then waits rather than being rejected for a passing outage.
     pub fn available(&self, ids: &[String], now: i64) -> Vec<String> {
         ids.iter()
+            .filter(|id| !self.paused.contains(id))
             .filter(|id| self.clients.get(*id).is_none_or(|c| c.available(now)))
             .cloned()
             .collect()
     }
 }
 
-/// `ctx` for `route`: `#{now, dfsps: #{<id>: #{available, circuit, in_flight, max_in_flight,
-/// currencies, max_amount, name}}}`. A DFSP without a client (a dry run) counts as available.
+/// `ctx` for `route`: `#{now, dfsps: #{<id>: #{available, paused, circuit, in_flight,
+/// max_in_flight, currencies, max_amount, name}}}`. A DFSP without a client (a dry run) counts
+/// as available.
 pub fn routing_ctx(
     bundle: &Bundle,
     clients: &BTreeMap<String, Arc<DfspClient>>,
+    paused: Option<&Paused>,
     now: i64,
 ) -> Dynamic {
     let mut dfsps = Map::new();
@@ -111,11 +145,13 @@ pub fn routing_ctx(
         let client = clients.get(id);
         let in_flight = client.map_or(0, |c| c.in_flight());
         let circuit = client.map_or(crate::executor::Circuit::Closed, |c| c.circuit(now));
+        let is_paused = paused.is_some_and(|p| p.contains(id));
         let mut d = Map::new();
         d.insert(
             "available".into(),
-            Dynamic::from_bool(circuit != crate::executor::Circuit::Open),
+            Dynamic::from_bool(circuit != crate::executor::Circuit::Open && !is_paused),
         );
+        d.insert("paused".into(), Dynamic::from_bool(is_paused));
         d.insert("circuit".into(), circuit.as_str().into());
         d.insert("name".into(), adapter.config.name.clone().into());
         d.insert("in_flight".into(), Dynamic::from_int(in_flight as i64));

@@ -49,6 +49,10 @@ impl Application {
                 "payments were in flight when PIL stopped; they are now unknown and will be looked up"
             );
         }
+        for dfsp in store.paused_dfsps().await.context("reading paused DFSPs")? {
+            live.paused.set(&dfsp, true);
+            tracing::warn!(%dfsp, "DFSP paused by an operator: nothing is routed to it until resumed");
+        }
         let listener = tokio::net::TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;

@@ -47,7 +47,7 @@ pub fn dry_run(bundle: &Bundle, input: &serde_json::Value) -> Result<serde_json:
     let payment =
         ingest::received_payment(&rows[0], "dry-run", sender_id, now).map_err(|e| e.to_string())?;
     let map = payment_map(&payment);
-    let ctx = routing_ctx(bundle, &Default::default(), now);
+    let ctx = routing_ctx(bundle, &Default::default(), None, now);
     let decision = route(
         bundle,
         Dynamic::from_map(map.clone()),

@@ -313,6 +313,19 @@ pub trait Store: Send + Sync + 'static {
     async fn recover_sending(&self, now: i64, restarted_owner: Option<&str>) -> StoreResult<u64>;
     /// Counts per status across all payments (for the demo and readiness).
     async fn status_counts(&self) -> StoreResult<Vec<(Status, i64)>>;
+    /// Holds (or releases) a batch: its payments not yet sent wait until it is released.
+    /// Returns how many payments it moved; false `found` when there is no such batch.
+    async fn hold_batch(&self, batch_id: &str, hold: bool, now: i64) -> StoreResult<Option<u64>>;
+    /// Records that an operator paused (or resumed) a DFSP.
+    async fn set_dfsp_paused(
+        &self,
+        dfsp: &str,
+        paused: bool,
+        actor: &str,
+        now: i64,
+    ) -> StoreResult<()>;
+    /// The DFSPs paused, as recorded.
+    async fn paused_dfsps(&self) -> StoreResult<Vec<String>>;
     /// Payments per status and DFSP (`None`: not routed yet).
     async fn status_counts_by_dfsp(&self) -> StoreResult<Vec<(Status, Option<String>, i64)>>;
     async fn ping(&self) -> StoreResult<()>;

@@ -925,6 +925,62 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn hold_batch(&self, batch_id: &str, hold: bool, now: i64) -> StoreResult<Option<u64>> {
+        let mut tx = self.writer.begin().await?;
+        let found = sqlx::query("UPDATE batches SET held = $2 WHERE id = $1")
+            .bind(batch_id)
+            .bind(hold)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if found == 0 {
+            return Ok(None);
+        }
+        // Payments a worker holds right now (leased) finish their step; the rest wait.
+        let moved = sqlx::query(
+            "UPDATE payments SET next_at = $2 WHERE batch_id = $1 \
+             AND status IN ('received', 'routed') AND lease_until <= $3",
+        )
+        .bind(batch_id)
+        .bind(if hold { i64::MAX } else { now })
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(Some(moved))
+    }
+
+    async fn set_dfsp_paused(
+        &self,
+        dfsp: &str,
+        paused: bool,
+        actor: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        let q = if paused {
+            sqlx::query(
+                "INSERT OR REPLACE INTO dfsp_pauses (dfsp, paused_at, actor) VALUES ($1, $2, $3)",
+            )
+            .bind(dfsp)
+            .bind(now)
+            .bind(actor)
+        } else {
+            sqlx::query("DELETE FROM dfsp_pauses WHERE dfsp = $1").bind(dfsp)
+        };
+        q.execute(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn paused_dfsps(&self) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query("SELECT dfsp FROM dfsp_pauses ORDER BY dfsp")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get("dfsp").map_err(Into::into))
+            .collect()
+    }
+
     async fn status_counts_by_dfsp(&self) -> StoreResult<Vec<(Status, Option<String>, i64)>> {
         let rows =
             sqlx::query("SELECT status, dfsp, COUNT(*) AS n FROM payments GROUP BY status, dfsp")

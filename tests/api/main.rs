@@ -12,6 +12,7 @@ mod iso;
 mod legacy;
 mod mojaloop;
 mod mpesa;
+mod ops;
 mod reload;
 mod sandbox;
 mod spec;
