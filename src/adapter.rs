@@ -63,6 +63,9 @@ struct RawAdapterConfig {
     connect_timeout_ms: u64,
     #[serde(default = "default_max_in_flight")]
     max_in_flight: usize,
+    /// Most requests started per second (none: no limit).
+    #[serde(default)]
+    rate_per_second: Option<u32>,
     #[serde(default)]
     dedupes_on_idempotency_key: bool,
     #[serde(default)]
@@ -240,6 +243,8 @@ pub struct AdapterConfig {
     pub timeout_ms: u64,
     pub connect_timeout_ms: u64,
     pub max_in_flight: usize,
+    /// Most requests started per second; `None`: no limit.
+    pub rate_per_second: Option<u32>,
     pub dedupes_on_idempotency_key: bool,
     pub auth: Auth,
     pub headers: Vec<(String, Secret)>,
@@ -389,6 +394,11 @@ impl AdapterConfig {
                 resolve_references(value).map_err(|m| invalid(format!("secrets.{name}: {m}")))?;
             script_secrets.push((name.clone(), Secret(v)));
         }
+        if raw.rate_per_second == Some(0) {
+            return Err(invalid(
+                "rate_per_second must be at least 1 (leave it out for no limit)".into(),
+            ));
+        }
         if raw.max_in_flight == 0 {
             return Err(invalid("max_in_flight must be at least 1".into()));
         }
@@ -400,6 +410,7 @@ impl AdapterConfig {
             timeout_ms: raw.timeout_ms,
             connect_timeout_ms: raw.connect_timeout_ms,
             max_in_flight: raw.max_in_flight,
+            rate_per_second: raw.rate_per_second,
             dedupes_on_idempotency_key: raw.dedupes_on_idempotency_key,
             auth,
             headers,

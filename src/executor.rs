@@ -79,6 +79,8 @@ pub struct DfspClient {
     open_until: std::sync::atomic::AtomicI64,
     /// The last [`RECENT`] exchanges (healthy?, milliseconds), for the admin view of a DFSP.
     recent: std::sync::Mutex<std::collections::VecDeque<(bool, i64)>>,
+    /// With `rate_per_second`: the earliest time the next request may start.
+    next_start: std::sync::Mutex<tokio::time::Instant>,
 }
 
 /// Exchanges kept for [`DfspClient::health`].
@@ -144,6 +146,7 @@ impl DfspClient {
             failures: std::sync::atomic::AtomicU32::new(0),
             open_until: std::sync::atomic::AtomicI64::new(0),
             recent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(RECENT)),
+            next_start: std::sync::Mutex::new(tokio::time::Instant::now()),
         })
     }
 
@@ -244,8 +247,23 @@ impl DfspClient {
     /// A slot among this DFSP's requests in flight. The dispatcher takes it before it commits
     /// `sending`, so a payment marked `sending` is one whose request is really about to leave
     /// (and not one queued here, which a crash would otherwise turn into `unknown`).
+    /// With `rate_per_second`, it also waits for the request's turn: starts are spaced evenly,
+    /// before `sending` is committed, so a request waiting for its turn is not yet `sending`.
     pub async fn acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.in_flight.clone().acquire_owned().await.ok()
+        let permit = self.in_flight.clone().acquire_owned().await.ok()?;
+        if let Some(rate) = self.config.rate_per_second {
+            let turn = {
+                let mut next = self
+                    .next_start
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let turn = (*next).max(tokio::time::Instant::now());
+                *next = turn + Duration::from_secs(1) / rate.max(1);
+                turn
+            };
+            tokio::time::sleep_until(turn).await;
+        }
+        Some(permit)
     }
 
     /// [`DfspClient::send`] for a caller that already holds a slot from [`DfspClient::acquire`].
@@ -465,6 +483,33 @@ mod tests {
         let cfg = AdapterConfig::parse("a.toml", "id = \"x\"\nbase_url = \"http://127.0.0.1:9\"\n")
             .expect("config");
         DfspClient::new(cfg).expect("client")
+    }
+
+    #[tokio::test]
+    async fn starts_are_spaced_by_the_rate_limit() {
+        let cfg = AdapterConfig::parse(
+            "a.toml",
+            "id = \"x\"\nbase_url = \"http://127.0.0.1:9\"\nrate_per_second = 20\n",
+        )
+        .expect("config");
+        let c = DfspClient::new(cfg).expect("client");
+        let mut starts = Vec::new();
+        for _ in 0..5 {
+            let slot = c.acquire().await.expect("slot");
+            starts.push(tokio::time::Instant::now());
+            drop(slot);
+        }
+        // Never sooner than 1/20 s apart (a timer may only fire late, never early).
+        for pair in starts.windows(2) {
+            assert!(pair[1] - pair[0] >= Duration::from_millis(49), "{starts:?}");
+        }
+        assert!(
+            AdapterConfig::parse(
+                "a.toml",
+                "id = \"x\"\nbase_url = \"http://127.0.0.1:9\"\nrate_per_second = 0\n"
+            )
+            .is_err()
+        );
     }
 
     fn answer(status: u16) -> Sent {
