@@ -516,7 +516,14 @@ pub async fn cancel_payment(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<PaymentView>, ApiError> {
-    let p = payment_or_404(&state, &id).await?;
+    cancel(&state, &id, "cancelled through the API")
+        .await
+        .map(Json)
+}
+
+/// Cancels a payment that cannot have reached a DFSP; `409 not_cancellable` otherwise.
+pub async fn cancel(state: &AppState, id: &str, why: &str) -> Result<PaymentView, ApiError> {
+    let p = payment_or_404(state, id).await?;
     let not_cancellable = |status: Status| ApiError::Conflict {
         code: "not_cancellable",
         message: if status.may_have_reached_dfsp() {
@@ -529,23 +536,19 @@ pub async fn cancel_payment(
     let change = Change::from(&p)
         .with(|f| {
             f.reason_code = Some("cancelled".into());
-            f.reason = Some("cancelled through the API".into());
+            f.reason = Some(why.into());
         })
-        .step(
-            Status::Cancelled,
-            Some("cancelled"),
-            Some("cancelled through the API".into()),
-        )
+        .step(Status::Cancelled, Some("cancelled"), Some(why.into()))
         .map_err(|_| not_cancellable(p.status))?;
     let applied = state
         .writer
         .apply(vec![change])
         .await
         .map_err(ApiError::Internal)?;
-    let now = payment_or_404(&state, &id).await?;
+    let now = payment_or_404(state, id).await?;
     if applied.first() != Some(&Applied::Done) {
         // The dispatcher moved it first.
         return Err(not_cancellable(now.status));
     }
-    Ok(Json(PaymentView::of(&now)))
+    Ok(PaymentView::of(&now))
 }
