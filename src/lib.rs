@@ -21,6 +21,7 @@ pub mod reload;
 pub mod report;
 pub mod route;
 pub mod script;
+pub mod script_files;
 pub mod simulator;
 pub mod startup;
 pub mod store;
