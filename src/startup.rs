@@ -115,6 +115,7 @@ impl Application {
             signer,
             senders,
             reloader,
+            scripts_lock: Arc::new(tokio::sync::Mutex::new(())),
         };
         let app = api::router(state.clone());
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
