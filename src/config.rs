@@ -2,6 +2,7 @@
 //! environment variables (one per key, e.g. `PIL_LISTEN`, `PIL_DATABASE_URL`). It reads
 //! settings; it starts nothing.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rust_decimal::Decimal;
@@ -46,10 +47,16 @@ pub struct Settings {
     /// How long `POST /disbursement` waits for final statuses before answering with what it
     /// has (the OpenG2P module gives up after about 20 s and never polls).
     pub legacy_deadline_ms: u64,
-    /// Bearer token for `/admin/...` (directory import). Unset: those endpoints refuse.
+    /// The old way: one plaintext bearer token, accepted only by the directory import
+    /// (`POST /admin/directory`), where it acts as an operator named `admin_token`. Prefer
+    /// `admin_tokens`.
     pub admin_token: Option<String>,
+    /// Admin API tokens by name (`[admin_tokens.<name>]` in pil.toml), stored as the SHA-256
+    /// of the token (`pil hash-token`), never the token itself. The name is the actor the
+    /// audit log records.
+    pub admin_tokens: BTreeMap<String, AdminToken>,
     /// G2P Connect senders allowed to submit, by `sender_id` (`[senders.<id>]` in pil.toml).
-    pub senders: std::collections::BTreeMap<String, SenderSettings>,
+    pub senders: BTreeMap<String, SenderSettings>,
     /// PIL's own private key (PKCS#8 PEM) signing the callbacks it sends; created (Ed25519)
     /// on first start when the file does not exist.
     pub signing_key_file: PathBuf,
@@ -61,6 +68,53 @@ pub struct Settings {
     pub callback_max_attempts: i64,
     /// First retry delay of a failed callback; doubles per attempt, capped at 5 minutes.
     pub callback_backoff_ms: i64,
+}
+
+/// What an admin token may do. Every role can read (scripts, their status and history, the
+/// audit log, dry runs); beyond that the roles are not hierarchical: an editor cannot pause a
+/// DFSP and an operator cannot change a script unless the token has both roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read only.
+    Viewer,
+    /// Read, and operations: pause/resume a DFSP or a batch, retry, cancel.
+    Operator,
+    /// Read, and change scripts (write, roll back, reload).
+    Editor,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Editor => "editor",
+        }
+    }
+}
+
+/// One admin token: `sha256 = "<64 hex digits>"`, `roles = ["viewer" | "operator" | "editor"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    /// Hex SHA-256 digest of the token (`echo -n "$TOKEN" | pil hash-token`).
+    pub sha256: String,
+    pub roles: Vec<Role>,
+}
+
+impl AdminToken {
+    /// The digest as bytes; `None` unless it is 64 hex digits (checked at load).
+    pub fn digest(&self) -> Option<[u8; 32]> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(self.sha256.trim(), &mut out).ok()?;
+        Some(out)
+    }
+
+    /// Every role reads; the others must be granted.
+    pub fn allows(&self, need: Role) -> bool {
+        need == Role::Viewer || self.roles.contains(&need)
+    }
 }
 
 /// One G2P Connect sender. Values may be `${ENV}` / `${ENV:-default}` / `file:/path`
@@ -117,7 +171,8 @@ impl Default for Settings {
             legacy_sender_id: "openg2p".into(),
             legacy_deadline_ms: 15_000,
             admin_token: None,
-            senders: std::collections::BTreeMap::new(),
+            admin_tokens: BTreeMap::new(),
+            senders: BTreeMap::new(),
             signing_key_file: "data/signing-key.pem".into(),
             g2p_sync_wait_ms: 10_000,
             notify_interval_ms: 250,
@@ -214,7 +269,35 @@ impl Settings {
                 "workers and claim_size must be at least 1".into(),
             ));
         }
+        settings.check_admin_tokens()?;
         Ok(settings)
+    }
+
+    /// Refuses tokens that could never match or whose name would be ambiguous in the audit
+    /// log, at start rather than at the first request.
+    fn check_admin_tokens(&self) -> Result<(), ConfigError> {
+        for (name, token) in &self.admin_tokens {
+            let name_ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+            if !name_ok {
+                return Err(ConfigError::Invalid(format!(
+                    "admin_tokens.{name}: a token name may hold only letters, digits, '-', '_', '.' and '@'"
+                )));
+            }
+            if token.digest().is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "admin_tokens.{name}.sha256 must be the 64 hex digits of the token's SHA-256 (pil hash-token), not the token"
+                )));
+            }
+            if token.roles.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "admin_tokens.{name}.roles is empty: give viewer, operator and/or editor"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -257,5 +340,35 @@ mod tests {
         assert_eq!(s.claim_size, 7);
         std::fs::write(&f, "lisen = \"typo\"\n").expect("write");
         assert!(Settings::load_from(Some(&f), std::iter::empty()).is_err());
+    }
+
+    #[test]
+    fn admin_tokens_are_digests_with_roles() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("pil.toml");
+        let digest = "a".repeat(64);
+        std::fs::write(
+            &f,
+            format!("[admin_tokens.alice]\nsha256 = \"{digest}\"\nroles = [\"editor\"]\n"),
+        )
+        .expect("write");
+        let s = Settings::load_from(Some(&f), std::iter::empty()).expect("load");
+        let alice = &s.admin_tokens["alice"];
+        assert_eq!(alice.roles, vec![Role::Editor]);
+        assert!(alice.allows(Role::Viewer) && alice.allows(Role::Editor));
+        assert!(!alice.allows(Role::Operator));
+        for bad in [
+            "[admin_tokens.alice]\nsha256 = \"plaintext-token\"\nroles = [\"viewer\"]\n"
+                .to_string(),
+            format!("[admin_tokens.alice]\nsha256 = \"{digest}\"\nroles = []\n"),
+            format!("[admin_tokens.alice]\nsha256 = \"{digest}\"\nroles = [\"admin\"]\n"),
+            format!("[admin_tokens.\"a b\"]\nsha256 = \"{digest}\"\nroles = [\"viewer\"]\n"),
+        ] {
+            std::fs::write(&f, &bad).expect("write");
+            assert!(
+                Settings::load_from(Some(&f), std::iter::empty()).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

@@ -22,6 +22,7 @@ pub mod reload;
 pub mod report;
 pub mod route;
 pub mod script;
+pub mod script_files;
 pub mod simulator;
 pub mod startup;
 pub mod store;

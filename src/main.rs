@@ -81,6 +81,10 @@ enum Command {
         #[command(subcommand)]
         action: DirectoryAction,
     },
+    /// Print the SHA-256 (hex) of a token read from standard input, for
+    /// `[admin_tokens.<name>] sha256 = "..."` in pil.toml (so the token itself is never written
+    /// there). One trailing newline is ignored.
+    HashToken,
     /// PIL + simulator in one process with a sample disbursement.
     Demo {
         #[arg(long, default_value_t = 10_000)]
@@ -113,7 +117,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// The token on standard input without its line ending (`echo "$TOKEN" | pil hash-token`).
+fn hash_token(input: &mut impl std::io::Read) -> anyhow::Result<String> {
+    let mut text = String::new();
+    input
+        .read_to_string(&mut text)
+        .context("reading the token from standard input")?;
+    let token = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    anyhow::ensure!(!token.is_empty(), "no token on standard input");
+    anyhow::ensure!(
+        token.trim() == token,
+        "the token starts or ends with white space; PIL trims what clients send, so it could never match"
+    );
+    Ok(pil::script_files::sha256_hex(token.as_bytes()))
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Needs no configuration: it may be run before pil.toml exists.
+    if let Command::HashToken = cli.command {
+        println!("{}", hash_token(&mut std::io::stdin().lock())?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let settings = Settings::load(cli.config.as_deref())?;
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
@@ -273,6 +300,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             })
         }
+        // Answered above, before the configuration is read.
+        Command::HashToken => Ok(ExitCode::SUCCESS),
         Command::Demo {
             payments,
             exit,

@@ -90,6 +90,9 @@ pub fn check(
 ) -> Result<Bundle, Vec<Problem>> {
     let bundle = Bundle::load(engine, rules_dir, adapters_dir)
         .map_err(|LoadErrors(errors)| errors.iter().map(Problem::from).collect::<Vec<_>>())?;
+    // A fixture's diff shows the request a script built, which may hold a secret: problems
+    // are logged and shown by the admin API, so they never carry one.
+    let secrets = crate::tools::bundle_secrets(&bundle);
     let failed: Vec<Problem> = fixtures::run_all(&bundle, adapters_dir, None)
         .into_iter()
         .filter(|r| !r.passed())
@@ -97,7 +100,10 @@ pub fn check(
             file: r.file.display().to_string(),
             line: 1,
             column: 1,
-            message: format!("fixture '{}' fails: {}", r.name, r.problems.join("; ")),
+            message: crate::tools::redact_text(
+                &format!("fixture '{}' fails: {}", r.name, r.problems.join("; ")),
+                &secrets,
+            ),
         })
         .collect();
     if failed.is_empty() {

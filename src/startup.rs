@@ -123,6 +123,7 @@ impl Application {
             senders,
             reloader,
             metrics,
+            scripts_lock: Arc::new(tokio::sync::Mutex::new(())),
         };
         let app = api::router(state.clone());
         let server = tokio::spawn(async move { axum::serve(listener, app).await });

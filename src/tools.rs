@@ -1,15 +1,18 @@
-//! Script tooling shared by the CLI: `check` (compile and validate everything) and the routing
-//! dry run (`route`): which DFSPs a payment would go to and the exact request each candidate
-//! adapter would send, with secrets redacted. Nothing is stored or sent.
+//! Script tooling shared by the CLI and the admin API: `check` (compile and validate
+//! everything) and the routing dry run (`route`, `POST /admin/dry-run`): which DFSPs a payment
+//! would go to and the exact request each candidate adapter would send, with every secret of
+//! every adapter replaced by [`REDACTED`]. Nothing is stored or sent.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use rhai::Dynamic;
 use serde_json::json;
 
-use crate::executor::Body;
+use crate::executor::{Body, DfspClient};
 use crate::ingest::{self, Item};
+use crate::payment::Payment;
 use crate::route::{Decision, route, routing_ctx};
 use crate::script::convert::payment_map;
 use crate::script::{Bundle, LoadErrors, engine};
@@ -21,6 +24,21 @@ pub fn check(rules_dir: &Path, adapters_dir: &Path) -> Result<Bundle, LoadErrors
 
 /// A one-payment dry run: the routing decision and each candidate's request.
 pub fn dry_run(bundle: &Bundle, input: &serde_json::Value) -> Result<serde_json::Value, String> {
+    let payment = payment_from_input(input, &ingest::Limits::default()).map_err(|errs| {
+        errs.iter()
+            .map(|e| format!("{}: {} ({})", e.field, e.message, e.code))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    dry_run_payment(bundle, &BTreeMap::new(), &payment)
+}
+
+/// The payment a dry-run input (the native API's payment fields, plus an optional
+/// `sender_id`) would become once received, validated as ingest validates it.
+pub fn payment_from_input(
+    input: &serde_json::Value,
+    limits: &ingest::Limits,
+) -> Result<Payment, Vec<ingest::ItemError>> {
     let g = |k: &str| input.get(k).cloned();
     let item = Item {
         reference_id: g("reference_id").or(Some(json!("dry-run"))),
@@ -33,21 +51,45 @@ pub fn dry_run(bundle: &Bundle, input: &serde_json::Value) -> Result<serde_json:
         note: g("note"),
         meta: g("meta"),
     };
-    let rows = ingest::validate(&[item], &ingest::Limits::default()).map_err(|errs| {
-        errs.iter()
-            .map(|e| format!("{}: {} ({})", e.field, e.message, e.code))
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
-    let now = crate::clock::now_ms();
+    let rows = ingest::validate(&[item], limits)?;
     let sender_id = input
         .get("sender_id")
         .and_then(|v| v.as_str())
         .unwrap_or("default");
-    let payment =
-        ingest::received_payment(&rows[0], "dry-run", sender_id, now).map_err(|e| e.to_string())?;
-    let map = payment_map(&payment);
-    let ctx = routing_ctx(bundle, &Default::default(), None, now);
+    ingest::received_payment(&rows[0], "dry-run", sender_id, crate::clock::now_ms()).map_err(|e| {
+        vec![ingest::ItemError {
+            index: 0,
+            field: "currency".into(),
+            code: "currency_code.invalid".into(),
+            message: e.to_string(),
+        }]
+    })
+}
+
+/// The dry run of a payment as it is: routed with `clients`' circuit states and requests in
+/// flight (none: every DFSP counts as available). The output never holds a secret value.
+pub fn dry_run_payment(
+    bundle: &Bundle,
+    clients: &BTreeMap<String, Arc<DfspClient>>,
+    payment: &Payment,
+) -> Result<serde_json::Value, String> {
+    let secrets = bundle_secrets(bundle);
+    let mut out =
+        dry_run_unredacted(bundle, clients, payment).map_err(|e| redact_text(&e, &secrets))?;
+    // Scripts may copy any adapter's secret anywhere (a credential in the body, a routing
+    // rule's message): whatever holds one is redacted, whichever adapter it belongs to.
+    redact(&mut out, &secrets);
+    Ok(out)
+}
+
+fn dry_run_unredacted(
+    bundle: &Bundle,
+    clients: &BTreeMap<String, Arc<DfspClient>>,
+    payment: &Payment,
+) -> Result<serde_json::Value, String> {
+    let now = crate::clock::now_ms();
+    let map = payment_map(payment);
+    let ctx = routing_ctx(bundle, clients, None, now);
     let decision = route(
         bundle,
         Dynamic::from_map(map.clone()),
@@ -90,11 +132,12 @@ pub fn dry_run(bundle: &Bundle, input: &serde_json::Value) -> Result<serde_json:
             }
         };
         let mut headers = serde_json::Map::new();
+        // What the executor adds: configured headers and the auth header, values hidden.
         for (name, _) in &adapter.config.headers {
-            headers.insert(name.clone(), json!("<redacted>"));
+            headers.insert(name.clone(), json!(REDACTED));
         }
         if !matches!(adapter.config.auth, crate::adapter::Auth::None) {
-            headers.insert("Authorization".into(), json!("<redacted>"));
+            headers.insert("Authorization".into(), json!(REDACTED));
         }
         for (k, v) in &request.headers {
             headers.insert(k.clone(), json!(v));
@@ -104,14 +147,12 @@ pub fn dry_run(bundle: &Bundle, input: &serde_json::Value) -> Result<serde_json:
             Some(Body::Json(text)) => serde_json::from_str(text).unwrap_or_else(|_| json!(text)),
             Some(Body::Text { text, .. }) => json!(text),
         };
-        let mut request = json!({
+        let request = json!({
             "method": request.method.as_str(),
             "url": format!("{}{}", adapter.config.base_url, request.path),
             "headers": headers,
             "body": body,
         });
-        // Scripts may copy a `[secrets]` value into the request (a credential in the body).
-        redact(&mut request, &adapter.config.secrets());
         candidates.push(json!({
             "dfsp": id,
             "adapter_version": adapter.script.version,
@@ -125,18 +166,54 @@ pub fn dry_run(bundle: &Bundle, input: &serde_json::Value) -> Result<serde_json:
     }))
 }
 
-/// Replaces every occurrence of a secret value in the strings of `v` with `<redacted>`.
-fn redact(v: &mut serde_json::Value, secrets: &[&str]) {
+/// What stands for a secret value in any output.
+pub const REDACTED: &str = "***";
+
+/// Every resolved secret of every adapter of the bundle (empty values left out: they hide
+/// nothing and would match everywhere).
+pub fn bundle_secrets(bundle: &Bundle) -> Vec<String> {
+    let mut out: Vec<String> = bundle
+        .adapters
+        .values()
+        .flat_map(|a| a.config.secrets())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    // Longest first, so a secret containing another is hidden whole.
+    out.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    out.dedup();
+    out
+}
+
+/// `text` with every occurrence of a secret replaced by [`REDACTED`].
+pub fn redact_text(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), REDACTED);
+        }
+    }
+    out
+}
+
+/// Replaces every occurrence of a secret in the strings (and object keys) of `v`.
+pub fn redact(v: &mut serde_json::Value, secrets: &[String]) {
     match v {
-        serde_json::Value::String(text) => {
-            for secret in secrets.iter().filter(|s| !s.is_empty()) {
-                if text.contains(secret) {
-                    *text = text.replace(secret, "<redacted>");
-                }
-            }
+        serde_json::Value::String(text)
+            if secrets
+                .iter()
+                .any(|s| !s.is_empty() && text.contains(s.as_str())) =>
+        {
+            *text = redact_text(text, secrets);
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(|i| redact(i, secrets)),
-        serde_json::Value::Object(map) => map.values_mut().for_each(|i| redact(i, secrets)),
+        serde_json::Value::Object(map) => {
+            let old = std::mem::take(map);
+            for (k, mut item) in old {
+                redact(&mut item, secrets);
+                map.insert(redact_text(&k, secrets), item);
+            }
+        }
         _ => {}
     }
 }

@@ -40,6 +40,8 @@ pub struct AppState {
     /// Hot reload of the scripts; its status is shown by the admin API.
     pub reloader: Arc<crate::reload::Reloader>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// One script change through the admin API at a time (check, write, record, reload).
+    pub scripts_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(OpenApi)]
@@ -58,6 +60,22 @@ pub struct AppState {
         legacy::check,
         legacy::health,
         admin::import_directory,
+        admin::audit_log,
+        admin::scripts::list,
+        admin::scripts::status,
+        admin::scripts::read,
+        admin::scripts::write,
+        admin::scripts::validate,
+        admin::scripts::history,
+        admin::scripts::rollback,
+        admin::scripts::reload,
+        admin::dry_run::dry_run,
+        admin::ops::list_dfsps,
+        admin::ops::pause_dfsp,
+        admin::ops::resume_dfsp,
+        admin::ops::pause_batch,
+        admin::ops::resume_batch,
+        admin::ops::cancel_payment,
         g2p::disburse,
         g2p::sync_disburse,
         g2p::txn_status,
@@ -72,7 +90,7 @@ pub struct AppState {
         (name = "payments", description = "One payment, its history, cancel"),
         (name = "legacy", description = "The OpenG2P legacy PIL API (pil-disbursement-api v0.1.0)"),
         (name = "g2p-connect", description = "G2P Connect disbursement API v1.0.0 (bearer token per sender; signed envelopes)"),
-        (name = "admin", description = "Operations (bearer token)"),
+        (name = "admin", description = "The admin API (bearer token with roles: viewer reads, operator operates, editor changes scripts; every change is in the audit log)"),
         (name = "callbacks", description = "DFSP callbacks, handled by the adapter's parse_callback"),
         (name = "ops", description = "Health"),
     )
@@ -112,6 +130,33 @@ pub fn router(state: AppState) -> Router {
         .route("/disbursementCheck", post(legacy::check))
         .route("/health", get(legacy::health))
         .route("/admin/directory", post(admin::import_directory))
+        .route("/admin/audit", get(admin::audit_log))
+        .route("/admin/scripts", get(admin::scripts::list))
+        .route("/admin/scripts/status", get(admin::scripts::status))
+        .route(
+            "/admin/scripts/file/{*path}",
+            get(admin::scripts::read).put(admin::scripts::write),
+        )
+        .route("/admin/scripts/validate", post(admin::scripts::validate))
+        .route(
+            "/admin/scripts/history/{*path}",
+            get(admin::scripts::history),
+        )
+        .route(
+            "/admin/scripts/rollback/{*path}",
+            post(admin::scripts::rollback),
+        )
+        .route("/admin/scripts/reload", post(admin::scripts::reload))
+        .route("/admin/dry-run", post(admin::dry_run::dry_run))
+        .route("/admin/dfsps", get(admin::ops::list_dfsps))
+        .route("/admin/dfsps/{id}/pause", post(admin::ops::pause_dfsp))
+        .route("/admin/dfsps/{id}/resume", post(admin::ops::resume_dfsp))
+        .route("/admin/batches/{id}/pause", post(admin::ops::pause_batch))
+        .route("/admin/batches/{id}/resume", post(admin::ops::resume_batch))
+        .route(
+            "/admin/payments/{id}/cancel",
+            post(admin::ops::cancel_payment),
+        )
         .route("/disburse", post(g2p::disburse))
         .route("/disburse/sync/disburse", post(g2p::sync_disburse))
         .route("/disburse/txn/status", post(g2p::txn_status))

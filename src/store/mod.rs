@@ -1,5 +1,6 @@
 //! Durable storage: one interface ([`Store`]) for batches, payments, their append-only history,
-//! dispatch attempts and raw DFSP callbacks, with one implementation per database. Callers
+//! dispatch attempts and raw DFSP callbacks, and for the admin API's audit log and script
+//! versions, with one implementation per database. Callers
 //! never see SQL or database-specific behaviour. The store applies [`Change`]s built by the
 //! state machine; it never decides a status itself.
 
@@ -220,6 +221,58 @@ pub enum Applied {
     Stale,
 }
 
+/// One change made through the admin API, to append to the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAudit {
+    pub at: i64,
+    /// The admin token's name.
+    pub actor: String,
+    /// e.g. `script.write`, `script.rollback`, `scripts.reload`, `directory.import`.
+    pub action: String,
+    /// What changed, e.g. `rules/routing.rhai`.
+    pub target: String,
+    /// SHA-256 (hex) of the content before and after; `None` where there is none.
+    pub before_hash: Option<String>,
+    pub after_hash: Option<String>,
+    /// A JSON object with whatever else explains the change.
+    pub detail: serde_json::Value,
+}
+
+/// An audit log row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub entry: NewAudit,
+}
+
+/// One version of a script file (its exact bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewScriptVersion {
+    /// Relative to the scripts folders: `rules/...` or `adapters/...`.
+    pub path: String,
+    /// SHA-256 (hex) of `content`.
+    pub hash: String,
+    pub content: Vec<u8>,
+    pub actor: String,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptVersion {
+    pub id: i64,
+    pub version: NewScriptVersion,
+}
+
+/// One file written through the admin API: its new version, optionally the bytes found on
+/// disk before (when they were never recorded, so history can restore them), and the audit
+/// row (its `detail` gets the new version's id).
+#[derive(Debug, Clone)]
+pub struct ScriptChange {
+    pub baseline: Option<NewScriptVersion>,
+    pub version: NewScriptVersion,
+    pub audit: NewAudit,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Inserts a batch and all its payments in one transaction, or nothing.
@@ -311,6 +364,21 @@ pub trait Store: Send + Sync + 'static {
     /// never resent blindly); other leases of a restarted owner are released. Returns how
     /// many payments moved to `unknown`.
     async fn recover_sending(&self, now: i64, restarted_owner: Option<&str>) -> StoreResult<u64>;
+    /// Appends one audit log row; returns its id.
+    async fn audit_append(&self, entry: &NewAudit) -> StoreResult<i64>;
+    /// Audit rows newest first, with `id < before` when given.
+    async fn audit_page(&self, before: Option<i64>, limit: i64) -> StoreResult<Vec<AuditEntry>>;
+    /// Records script versions with their audit rows, all in one transaction. Returns the new
+    /// versions' ids, in order.
+    async fn record_script_changes(&self, changes: &[ScriptChange]) -> StoreResult<Vec<i64>>;
+    /// Versions of one file newest first, with `id < before` when given.
+    async fn script_versions(
+        &self,
+        path: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<ScriptVersion>>;
+    async fn script_version(&self, id: i64) -> StoreResult<Option<ScriptVersion>>;
     /// Counts per status across all payments (for the demo and readiness).
     async fn status_counts(&self) -> StoreResult<Vec<(Status, i64)>>;
     /// Holds (or releases) a batch: its payments not yet sent wait until it is released.

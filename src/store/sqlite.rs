@@ -20,7 +20,10 @@ use super::{
 };
 use crate::money::{Currency, Money};
 use crate::payment::{Attempt, Change, Event, Payment, Status};
-use crate::store::{ChannelEvent, DirectoryEntry, NewOutbox, OutboxRow, PaymentFilter};
+use crate::store::{
+    AuditEntry, ChannelEvent, DirectoryEntry, NewAudit, NewOutbox, NewScriptVersion, OutboxRow,
+    PaymentFilter, ScriptChange, ScriptVersion,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -193,6 +196,75 @@ fn outbox_from_row(row: &SqliteRow) -> StoreResult<OutboxRow> {
         delivered_at: row.try_get("delivered_at")?,
         last_error: row.try_get("last_error")?,
     })
+}
+
+fn audit_from_row(row: &SqliteRow) -> StoreResult<AuditEntry> {
+    let detail: Option<String> = row.try_get("detail")?;
+    let detail = match detail {
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("audit detail: {e}")))?,
+        None => serde_json::Value::Null,
+    };
+    Ok(AuditEntry {
+        id: row.try_get("id")?,
+        entry: NewAudit {
+            at: row.try_get("at")?,
+            actor: row.try_get("actor")?,
+            action: row.try_get("action")?,
+            target: row.try_get("target")?,
+            before_hash: row.try_get("before_hash")?,
+            after_hash: row.try_get("after_hash")?,
+            detail,
+        },
+    })
+}
+
+fn script_version_from_row(row: &SqliteRow) -> StoreResult<ScriptVersion> {
+    Ok(ScriptVersion {
+        id: row.try_get("id")?,
+        version: NewScriptVersion {
+            path: row.try_get("path")?,
+            hash: row.try_get("hash")?,
+            content: row.try_get("content")?,
+            actor: row.try_get("actor")?,
+            at: row.try_get("at")?,
+        },
+    })
+}
+
+async fn insert_audit(conn: &mut sqlx::SqliteConnection, e: &NewAudit) -> StoreResult<i64> {
+    let id = sqlx::query_scalar(
+        "INSERT INTO audit_log (at, actor, action, target, before_hash, after_hash, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+    )
+    .bind(e.at)
+    .bind(&e.actor)
+    .bind(&e.action)
+    .bind(&e.target)
+    .bind(e.before_hash.as_deref())
+    .bind(e.after_hash.as_deref())
+    .bind((!e.detail.is_null()).then(|| e.detail.to_string()))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(id)
+}
+
+async fn insert_script_version(
+    conn: &mut sqlx::SqliteConnection,
+    v: &NewScriptVersion,
+) -> StoreResult<i64> {
+    let id = sqlx::query_scalar(
+        "INSERT INTO script_versions (path, hash, content, actor, at) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(&v.path)
+    .bind(&v.hash)
+    .bind(&v.content)
+    .bind(&v.actor)
+    .bind(v.at)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(id)
 }
 
 fn is_unique_violation(err: &sqlx::Error) -> bool {
@@ -911,6 +983,73 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(moved)
+    }
+
+    async fn audit_append(&self, entry: &NewAudit) -> StoreResult<i64> {
+        let mut conn = self.writer.acquire().await?;
+        insert_audit(&mut conn, entry).await
+    }
+
+    async fn audit_page(&self, before: Option<i64>, limit: i64) -> StoreResult<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, target, before_hash, after_hash, detail FROM audit_log \
+             WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn record_script_changes(&self, changes: &[ScriptChange]) -> StoreResult<Vec<i64>> {
+        let mut tx = self.writer.begin().await?;
+        let mut ids = Vec::with_capacity(changes.len());
+        for c in changes {
+            if let Some(baseline) = &c.baseline {
+                insert_script_version(&mut tx, baseline).await?;
+            }
+            let id = insert_script_version(&mut tx, &c.version).await?;
+            let mut audit = c.audit.clone();
+            match &mut audit.detail {
+                serde_json::Value::Object(m) => {
+                    m.insert("version_id".into(), id.into());
+                }
+                other => *other = serde_json::json!({ "version_id": id }),
+            }
+            insert_audit(&mut tx, &audit).await?;
+            ids.push(id);
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn script_versions(
+        &self,
+        path: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<ScriptVersion>> {
+        let rows = sqlx::query(
+            "SELECT id, path, hash, content, actor, at FROM script_versions \
+             WHERE path = $1 AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+        )
+        .bind(path)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(script_version_from_row).collect()
+    }
+
+    async fn script_version(&self, id: i64) -> StoreResult<Option<ScriptVersion>> {
+        let row = sqlx::query(
+            "SELECT id, path, hash, content, actor, at FROM script_versions WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(script_version_from_row).transpose()
     }
 
     async fn status_counts(&self) -> StoreResult<Vec<(Status, i64)>> {

@@ -86,8 +86,8 @@ fn route_dry_run_shows_the_decision_and_requests_without_secrets() {
         "{v}"
     );
     assert_eq!(mtn["body"]["amount"], "150");
-    assert_eq!(mtn["headers"]["Ocp-Apim-Subscription-Key"], "<redacted>");
-    assert_eq!(mtn["headers"]["Authorization"], "<redacted>");
+    assert_eq!(mtn["headers"]["Ocp-Apim-Subscription-Key"], "***");
+    assert_eq!(mtn["headers"]["Authorization"], "***");
     // The configured (default) secrets appear nowhere in the output.
     for secret in ["pil-sim-subscription", "pil-sim-key", "pil-sim-user"] {
         assert!(!stdout.contains(secret), "{secret} leaked: {stdout}");

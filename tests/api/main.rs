@@ -1,6 +1,7 @@
 //! One integration-test binary: the real router and dispatcher against a real SQLite database
 //! and the DFSP simulator, over loopback HTTP.
 
+mod admin;
 mod batches;
 mod check;
 mod crash;
