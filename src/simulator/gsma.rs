@@ -53,7 +53,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -61,12 +61,14 @@ use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine;
 use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{Chaos, Simulator, Trigger, bump, json_response, lock, sleep_ms, trigger};
+use super::{
+    Chaos, Simulator, Trigger, bearer, bump, header_str, issue_bearer, json_response, lock,
+    refuse_client_credentials, sleep_ms, trigger,
+};
 
 /// Credentials the simulator accepts: the defaults of `adapters/gsma-mmapi/adapter.toml`.
 const CONSUMER_KEY: &str = "pil-sim-gsma-client";
@@ -525,16 +527,6 @@ fn invalid(code: &'static str, key: &str, value: &str) -> Fail {
     )
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// `Some(rest)` when `value` starts with `scheme ` (scheme case-insensitive).
-fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
-    let (s, rest) = value.split_once(' ')?;
-    s.eq_ignore_ascii_case(scheme).then(|| rest.trim())
-}
-
 async fn token(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) -> Response {
     let resp = issue_token(&sim, &headers, &body);
     sim.latency().await;
@@ -543,44 +535,18 @@ async fn token(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) ->
 
 /// OAuth2 client credentials (RFC 6749 §4.4): its own error shape, not GSMA's error object.
 fn issue_token(sim: &Simulator, headers: &HeaderMap, body: &[u8]) -> Response {
-    let credentials = header_str(headers, header::AUTHORIZATION.as_str())
-        .and_then(|v| strip_scheme(v, "Basic"))
-        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok());
-    let expected = format!("{CONSUMER_KEY}:{CONSUMER_SECRET}");
-    if credentials.as_deref() != Some(expected.as_bytes()) {
-        return json_response(StatusCode::UNAUTHORIZED, json!({"error": "invalid_client"}));
-    }
-    let form = String::from_utf8_lossy(body);
-    if !form
-        .split('&')
-        .any(|kv| kv == "grant_type=client_credentials")
-    {
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"error": "unsupported_grant_type"}),
-        );
+    if let Some(refused) = refuse_client_credentials(headers, body, CONSUMER_KEY, CONSUMER_SECRET) {
+        return refused;
     }
     let ttl = sim.config().token_ttl_s;
-    let token = uuid::Uuid::new_v4().simple().to_string();
-    let now = Instant::now();
-    {
-        let mut st = lock(&sim.inner.gsma);
-        st.tokens.retain(|_, exp| *exp > now);
-        st.tokens
-            .insert(token.clone(), now + Duration::from_secs(ttl));
-        st.tokens_issued += 1;
-    }
-    json_response(
-        StatusCode::OK,
-        json!({"access_token": token, "token_type": "Bearer", "expires_in": ttl}),
-    )
+    let mut st = lock(&sim.inner.gsma);
+    st.tokens_issued += 1;
+    issue_bearer(&mut st.tokens, ttl)
 }
 
 /// A valid, unexpired Bearer token and the right X-API-Key, or 401 `authorisation`.
 fn check_access(sim: &Simulator, headers: &HeaderMap) -> Result<(), Fail> {
-    let token = header_str(headers, header::AUTHORIZATION.as_str())
-        .and_then(|v| strip_scheme(v, "Bearer"))
-        .unwrap_or("");
+    let token = bearer(headers);
     let mut st = lock(&sim.inner.gsma);
     let token_ok = st
         .tokens
@@ -1546,6 +1512,8 @@ async fn revoke_tokens(State(sim): State<Simulator>) -> StatusCode {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::super::{SimConfig, test_support::start};
     use super::*;
     use tokio::sync::mpsc;

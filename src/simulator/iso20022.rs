@@ -26,7 +26,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -34,14 +34,16 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine;
 use quick_xml::escape::escape;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
 use rust_decimal::Decimal;
 use serde_json::json;
 
-use super::{Chaos, Expected, Simulator, Trigger, bump, json_response, lock, sleep_ms, trigger};
+use super::{
+    Chaos, Expected, Simulator, Trigger, bearer, bump, header_str, issue_bearer, json_response,
+    lock, refuse_client_credentials, sleep_ms, trigger,
+};
 
 /// Credentials the simulator accepts (HTTP Basic on the token endpoint).
 const CLIENT_ID: &str = "pil-sim-bank-client";
@@ -655,16 +657,6 @@ fn xml_response(status: StatusCode, body: String) -> Response {
 // ---------------------------------------------------------------------------------------------
 // HTTP
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// `Some(rest)` when `value` starts with `scheme ` (scheme case-insensitive).
-fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
-    let (s, rest) = value.split_once(' ')?;
-    s.eq_ignore_ascii_case(scheme).then(|| rest.trim())
-}
-
 async fn token(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) -> Response {
     let resp = issue_token(&sim, &headers, &body);
     sim.latency().await;
@@ -673,44 +665,18 @@ async fn token(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) ->
 
 /// OAuth2 client credentials (RFC 6749 §4.4).
 fn issue_token(sim: &Simulator, headers: &HeaderMap, body: &[u8]) -> Response {
-    let credentials = header_str(headers, header::AUTHORIZATION.as_str())
-        .and_then(|v| strip_scheme(v, "Basic"))
-        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok());
-    let expected = format!("{CLIENT_ID}:{CLIENT_SECRET}");
-    if credentials.as_deref() != Some(expected.as_bytes()) {
-        return json_response(StatusCode::UNAUTHORIZED, json!({"error": "invalid_client"}));
-    }
-    let form = String::from_utf8_lossy(body);
-    if !form
-        .split('&')
-        .any(|kv| kv.trim() == "grant_type=client_credentials")
-    {
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"error": "unsupported_grant_type"}),
-        );
+    if let Some(refused) = refuse_client_credentials(headers, body, CLIENT_ID, CLIENT_SECRET) {
+        return refused;
     }
     let ttl = sim.config().token_ttl_s;
-    let token = uuid::Uuid::new_v4().simple().to_string();
-    let now = Instant::now();
-    {
-        let mut st = lock(&sim.inner.bank);
-        st.tokens.retain(|_, exp| *exp > now);
-        st.tokens
-            .insert(token.clone(), now + Duration::from_secs(ttl));
-    }
+    let resp = issue_bearer(&mut lock(&sim.inner.bank).tokens, ttl);
     sim.with_stats(|s| s.tokens_issued += 1);
-    json_response(
-        StatusCode::OK,
-        json!({"access_token": token, "token_type": "Bearer", "expires_in": ttl}),
-    )
+    resp
 }
 
 /// Whether the request carries a valid, unexpired Bearer token.
 fn token_valid(sim: &Simulator, headers: &HeaderMap) -> bool {
-    let token = header_str(headers, header::AUTHORIZATION.as_str())
-        .and_then(|v| strip_scheme(v, "Bearer"))
-        .unwrap_or("");
+    let token = bearer(headers);
     lock(&sim.inner.bank)
         .tokens
         .get(token)
@@ -1006,6 +972,8 @@ fn current_report(sim: &Simulator, msg_id: &str, end_to_end_id: Option<&str>) ->
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use std::collections::BTreeMap;
 
     use super::super::{Dfsp, SimConfig, expected_outcome, test_support::start};

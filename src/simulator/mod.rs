@@ -299,6 +299,71 @@ fn json_response(status: StatusCode, body: Value) -> Response {
     (status, Json(body)).into_response()
 }
 
+fn header_str<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `Some(rest)` when `value` starts with `scheme ` (scheme case-insensitive).
+fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let (s, rest) = value.split_once(' ')?;
+    s.eq_ignore_ascii_case(scheme).then(|| rest.trim())
+}
+
+/// The request's Bearer token, or "".
+fn bearer(headers: &axum::http::HeaderMap) -> &str {
+    header_str(headers, axum::http::header::AUTHORIZATION.as_str())
+        .and_then(|v| strip_scheme(v, "Bearer"))
+        .unwrap_or("")
+}
+
+/// OAuth2 client credentials (RFC 6749 §4.4) as the GSMA and bank fakes take them: HTTP Basic
+/// `id:secret` and a form body with `grant_type=client_credentials`. `Some(refusal)`
+/// (`invalid_client`, `unsupported_grant_type`) when the request is not that.
+fn refuse_client_credentials(
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+    id: &str,
+    secret: &str,
+) -> Option<Response> {
+    use base64::Engine;
+    let credentials = header_str(headers, axum::http::header::AUTHORIZATION.as_str())
+        .and_then(|v| strip_scheme(v, "Basic"))
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok());
+    if credentials.as_deref() != Some(format!("{id}:{secret}").as_bytes()) {
+        return Some(json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "invalid_client"}),
+        ));
+    }
+    let form = String::from_utf8_lossy(body);
+    if !form
+        .split('&')
+        .any(|kv| kv.trim() == "grant_type=client_credentials")
+    {
+        return Some(json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "unsupported_grant_type"}),
+        ));
+    }
+    None
+}
+
+/// A new Bearer token valid for `ttl_s`, added to `tokens` (expired ones are dropped), and
+/// the token answer.
+fn issue_bearer(
+    tokens: &mut std::collections::HashMap<String, std::time::Instant>,
+    ttl_s: u64,
+) -> Response {
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let now = std::time::Instant::now();
+    tokens.retain(|_, exp| *exp > now);
+    tokens.insert(token.clone(), now + Duration::from_secs(ttl_s));
+    json_response(
+        StatusCode::OK,
+        json!({"access_token": token, "token_type": "Bearer", "expires_in": ttl_s}),
+    )
+}
+
 fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
     *map.entry(key.to_owned()).or_default() += 1;
 }

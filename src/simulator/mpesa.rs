@@ -21,7 +21,9 @@ use axum::routing::{get, post};
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
-use super::{Chaos, Expected, Simulator, Trigger, bump, json_response, lock, sleep_ms, trigger};
+use super::{
+    Chaos, Expected, Simulator, Trigger, bump, header_str, json_response, lock, sleep_ms, trigger,
+};
 
 /// Daraja's per-transaction limits (FAQ): a Result with code 2 or 3 outside them.
 const MIN_AMOUNT: u64 = 10;
@@ -193,10 +195,6 @@ fn conversation_id() -> String {
 fn result_code(code: &str) -> Value {
     code.parse::<u64>()
         .map_or_else(|_| json!(code), |n| json!(n))
-}
-
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 fn credentials(headers: &HeaderMap, scheme: &str) -> Option<String> {

@@ -14,7 +14,10 @@ use base64::Engine;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use super::{Chaos, SimConfig, Simulator, Trigger, bump, json_response, lock, sleep_ms, trigger};
+use super::{
+    Chaos, SimConfig, Simulator, Trigger, bump, header_str, json_response, lock, sleep_ms,
+    strip_scheme, trigger,
+};
 
 #[derive(Default)]
 pub(super) struct MtnState {
@@ -116,16 +119,6 @@ fn err(status: StatusCode, code: &str, message: &str) -> Fail {
         status,
         body: json!({"code": code, "message": message}),
     }
-}
-
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// `Some(rest)` when `value` starts with `scheme ` (scheme case-insensitive).
-fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
-    let (s, rest) = value.split_once(' ')?;
-    s.eq_ignore_ascii_case(scheme).then(|| rest.trim())
 }
 
 async fn token(State(sim): State<Simulator>, headers: HeaderMap) -> Response {
