@@ -76,6 +76,8 @@ pub struct AppState {
         admin::ops::pause_batch,
         admin::ops::resume_batch,
         admin::ops::cancel_payment,
+        admin::ops::retry_payment,
+        admin::ops::retry_failed,
         g2p::disburse,
         g2p::sync_disburse,
         g2p::txn_status,
@@ -153,6 +155,14 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/dfsps/{id}/resume", post(admin::ops::resume_dfsp))
         .route("/admin/batches/{id}/pause", post(admin::ops::pause_batch))
         .route("/admin/batches/{id}/resume", post(admin::ops::resume_batch))
+        .route(
+            "/admin/batches/{id}/retry-failed",
+            post(admin::ops::retry_failed),
+        )
+        .route(
+            "/admin/payments/{id}/retry",
+            post(admin::ops::retry_payment),
+        )
         .route(
             "/admin/payments/{id}/cancel",
             post(admin::ops::cancel_payment),

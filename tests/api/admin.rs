@@ -1175,3 +1175,105 @@ async fn operators_pause_resume_and_cancel_and_only_operators() {
     }
     assert!(text.contains("\"operator\""), "{audit}");
 }
+
+#[tokio::test]
+async fn failed_payments_are_retried_as_new_payments_never_twice_at_once() {
+    let app = admin_app().await;
+    // Below M-Pesa's minimum: the DFSP fails them (Result code 2). One succeeds.
+    let batch = app
+        .submit(
+            "to-retry",
+            vec![
+                payment("small-1", "mobile:254700000301@mpesa", "5"),
+                payment("small-2", "mobile:254700000302@mpesa", "5"),
+                payment("fine", "mobile:254700000303@mpesa", "50"),
+            ],
+        )
+        .await;
+    let all = app.wait_final(&batch).await;
+    assert_eq!(status(&all["small-1"]), "failed");
+    assert_eq!(status(&all["fine"]), "succeeded");
+    let failed_id = all["small-1"]["id"].as_str().expect("id").to_string();
+    let fine_id = all["fine"]["id"].as_str().expect("id").to_string();
+
+    let retry = |id: &str| format!("/admin/payments/{id}/retry");
+    assert_eq!(
+        send(&app, Method::POST, &retry(&failed_id), VIEWER, json!({}))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        send(&app, Method::POST, &retry(&failed_id), EDITOR, json!({}))
+            .await
+            .0,
+        403
+    );
+    let (code, body) = send(&app, Method::POST, &retry(&fine_id), OPERATOR, json!({})).await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (409, Some("not_retryable")),
+        "{body}"
+    );
+
+    // While its retry waits (M-Pesa paused), a second retry is refused.
+    send(
+        &app,
+        Method::POST,
+        "/admin/dfsps/mpesa-b2c/pause",
+        OPERATOR,
+        json!({}),
+    )
+    .await;
+    let (code, first) = send(&app, Method::POST, &retry(&failed_id), OPERATOR, json!({})).await;
+    assert_eq!(code, 201, "{first}");
+    assert_eq!(first["payments"][0]["reference_id"], "small-1#retry1");
+    assert_eq!(first["payments"][0]["retry_of"], failed_id.as_str());
+    let (code, again) = send(&app, Method::POST, &retry(&failed_id), OPERATOR, json!({})).await;
+    assert_eq!(
+        (code, again["error"]["code"].as_str()),
+        (409, Some("already_retried")),
+        "{again}"
+    );
+    send(
+        &app,
+        Method::POST,
+        "/admin/dfsps/mpesa-b2c/resume",
+        OPERATOR,
+        json!({}),
+    )
+    .await;
+    let retry_batch = first["batch"].as_str().expect("batch").to_string();
+    let retried = app.wait_final(&retry_batch).await;
+    let r1 = &retried["small-1#retry1"];
+    assert_eq!(status(r1), "failed", "{r1}");
+    assert_eq!(r1["meta"]["retry_of"], failed_id.as_str(), "{r1}");
+    assert_eq!(r1["amount"], "5.00");
+    // The original never changes.
+    let (_, original) = app.get(&format!("/api/v1/payments/{failed_id}")).await;
+    assert_eq!(status(&original), "failed");
+
+    // Every failed payment of a batch at once; the earlier retry failed, so small-1 may go again.
+    let (code, all_failed) = send(
+        &app,
+        Method::POST,
+        &format!("/admin/batches/{batch}/retry-failed"),
+        OPERATOR,
+        json!({}),
+    )
+    .await;
+    assert_eq!(code, 201, "{all_failed}");
+    let refs: Vec<&str> = all_failed["payments"]
+        .as_array()
+        .expect("payments")
+        .iter()
+        .map(|p| p["reference_id"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(refs, ["small-1#retry2", "small-2#retry1"]);
+    let (_, audit) = get(&app, "/admin/audit", VIEWER).await;
+    assert_eq!(
+        audit.to_string().matches("payment.retry").count(),
+        3,
+        "{audit}"
+    );
+}

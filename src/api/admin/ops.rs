@@ -1,6 +1,6 @@
 //! Operators' actions under `/admin` (role `operator`; reading them needs any role): DFSPs
 //! with their health, pausing and resuming a DFSP or a batch, cancelling a payment that cannot
-//! have reached a DFSP. Each change appends an audit row. A pause or hold stops new sends
+//! have reached a DFSP, retrying failed payments (as new payments). Each change appends an audit row. A pause or hold stops new sends
 //! only: what is already sent is still followed.
 
 use axum::Json;
@@ -251,4 +251,200 @@ pub async fn cancel_payment(
     )
     .await?;
     Ok(Json(view))
+}
+
+/// Failed payments sent again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Retried {
+    /// The new batch (PIL id) holding the retries.
+    pub batch: String,
+    pub payments: Vec<RetriedPayment>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetriedPayment {
+    pub id: String,
+    pub reference_id: String,
+    /// The failed payment it retries.
+    pub retry_of: String,
+}
+
+/// Most retries of one payment.
+const MAX_RETRIES: usize = 20;
+
+/// A final status never changes, so a retry is a new payment: a new id, the reference
+/// `<reference>#retry<n>`, `meta.retry_of` naming the failed one, in one new batch of the same
+/// sender. A payment whose earlier retry is still on its way or paid is refused
+/// (`409 already_retried`), and two retries racing for the same reference are refused by the
+/// store: a double click never pays twice.
+async fn retry(
+    state: &AppState,
+    actor: &super::Actor,
+    failed: Vec<crate::payment::Payment>,
+) -> Result<Retried, ApiError> {
+    use crate::payment::Status;
+    use crate::store::{BatchInsert, NewPayment};
+    let Some(sender) = failed.first().map(|p| p.sender_id.clone()) else {
+        return Err(ApiError::Conflict {
+            code: "nothing_to_retry",
+            message: "no failed payment to retry".into(),
+            details: serde_json::json!({}),
+        });
+    };
+    let mut new = Vec::with_capacity(failed.len());
+    let mut links = Vec::with_capacity(failed.len());
+    for p in &failed {
+        let refs: Vec<String> = (1..=MAX_RETRIES)
+            .map(|n| format!("{}#retry{n}", p.reference_id))
+            .collect();
+        let earlier = state
+            .store
+            .payments_by_references(&p.sender_id, &refs)
+            .await?;
+        if let Some(live) = earlier.iter().find(|e| {
+            !matches!(
+                e.status,
+                Status::Failed | Status::Rejected | Status::Cancelled
+            )
+        }) {
+            return Err(ApiError::Conflict {
+                code: "already_retried",
+                message: format!(
+                    "payment {} was already retried as {} ({})",
+                    p.id, live.id, live.status
+                ),
+                details: serde_json::json!({ "payment": p.id, "retry": live.id }),
+            });
+        }
+        if earlier.len() >= MAX_RETRIES {
+            return Err(ApiError::Conflict {
+                code: "too_many_retries",
+                message: format!("payment {} was retried {MAX_RETRIES} times", p.id),
+                details: serde_json::json!({ "payment": p.id }),
+            });
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let reference_id = format!("{}#retry{}", p.reference_id, earlier.len() + 1);
+        let mut meta = serde_json::Map::new();
+        meta.insert("retry_of".into(), serde_json::json!(p.id));
+        if let Some(original) = &p.meta {
+            meta.insert("original_meta".into(), original.clone());
+        }
+        links.push(RetriedPayment {
+            id: id.clone(),
+            reference_id: reference_id.clone(),
+            retry_of: p.id.clone(),
+        });
+        new.push(NewPayment {
+            id,
+            reference_id,
+            payee_fa: p.payee_fa.clone(),
+            payee_id_type: p.payee_id_type.clone(),
+            payee_id_value: p.payee_id_value.clone(),
+            amount_minor: p.amount.minor(),
+            currency: p.amount.currency().code().to_string(),
+            payee_name: p.payee_name.clone(),
+            note: p.note.clone(),
+            meta: Some(serde_json::Value::Object(meta)),
+            attributes: p.attributes.clone(),
+            not_before: None,
+            rejected: None,
+        });
+    }
+    let batch_id = format!("retry-{}", uuid::Uuid::now_v7());
+    let batch = crate::ingest::new_batch(&sender, &batch_id, &new, now_ms());
+    let created = match state.store.insert_batch(&batch, &new).await? {
+        BatchInsert::Created(b) => b,
+        BatchInsert::DuplicateReferences(refs) => {
+            return Err(ApiError::Conflict {
+                code: "already_retried",
+                message: "another retry of these payments was made at the same time".into(),
+                details: serde_json::json!({ "references": refs }),
+            });
+        }
+        BatchInsert::Replayed(b) | BatchInsert::Conflict(b) => {
+            return Err(ApiError::Internal(format!(
+                "retry batch id {} collided with batch {}",
+                batch_id, b.id
+            )));
+        }
+    };
+    state.wake.notify_waiters();
+    for link in &links {
+        audit(
+            state,
+            actor,
+            "payment.retry",
+            &link.retry_of,
+            None,
+            None,
+            serde_json::json!({ "retry": link.id, "reference_id": link.reference_id, "batch": created.id }),
+        )
+        .await?;
+    }
+    Ok(Retried {
+        batch: created.id,
+        payments: links,
+    })
+}
+
+/// Sends a failed payment again, as a new payment (see the README): `409 not_retryable` unless
+/// it failed.
+#[utoipa::path(
+    post, path = "/admin/payments/{id}/retry", tag = "admin",
+    params(("id" = String, Path, description = "PIL payment id")),
+    responses((status = 201, body = Retried), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("admin_token" = []))
+)]
+pub async fn retry_payment(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<(axum::http::StatusCode, Json<Retried>), ApiError> {
+    let actor = authorize(&state, &headers, Role::Operator)?;
+    let p = state
+        .store
+        .get_payment(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound {
+            message: format!("no payment '{id}'"),
+        })?;
+    if p.status != crate::payment::Status::Failed {
+        return Err(ApiError::Conflict {
+            code: "not_retryable",
+            message: format!("payment is {}: only failed payments are retried", p.status),
+            details: serde_json::json!({ "status": p.status }),
+        });
+    }
+    let done = retry(&state, &actor, vec![p]).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(done)))
+}
+
+/// Sends every failed payment of a batch again, as new payments in one new batch.
+#[utoipa::path(
+    post, path = "/admin/batches/{id}/retry-failed", tag = "admin",
+    params(("id" = String, Path, description = "PIL batch id")),
+    responses((status = 201, body = Retried), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("admin_token" = []))
+)]
+pub async fn retry_failed(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<(axum::http::StatusCode, Json<Retried>), ApiError> {
+    let actor = authorize(&state, &headers, Role::Operator)?;
+    if state.store.get_batch(&id).await?.is_none() {
+        return Err(ApiError::NotFound {
+            message: format!("no batch '{id}'"),
+        });
+    }
+    let failed: Vec<_> = state
+        .store
+        .batch_payments_in_order(&id)
+        .await?
+        .into_iter()
+        .filter(|p| p.status == crate::payment::Status::Failed)
+        .collect();
+    let done = retry(&state, &actor, failed).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(done)))
 }
