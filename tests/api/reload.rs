@@ -417,3 +417,44 @@ async fn metrics_count_payments_requests_callbacks_and_reloads() {
     assert_eq!(value("pil_dfsp_in_flight{dfsp=\"mtn-momo\"}"), 0.0);
     assert_eq!(value("pil_dfsp_circuit_open{dfsp=\"mtn-momo\"}"), 0.0);
 }
+
+#[tokio::test]
+async fn a_kubernetes_style_symlink_swap_of_the_rules_is_picked_up() {
+    use std::os::unix::fs::symlink;
+    let app = spawn_app().await;
+    // The rules folder as a mounted ConfigMap: files are links through `..data` to a
+    // timestamped folder, and an update swaps `..data` in one rename.
+    let rules = app.dir.path().join("rules");
+    let original = std::fs::read_to_string(rules.join("routing.rhai")).expect("read");
+    let first = rules.join("..2026_11_28_a");
+    std::fs::create_dir(&first).expect("mkdir");
+    std::fs::write(first.join("routing.rhai"), &original).expect("write");
+    symlink("..2026_11_28_a", rules.join("..data")).expect("link");
+    std::fs::remove_file(rules.join("routing.rhai")).expect("rm");
+    symlink("..data/routing.rhai", rules.join("routing.rhai")).expect("link");
+    let reloader = app.app.state.reloader.clone();
+    // Same content through links: nothing to apply.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(reloader.status().applied, 0, "{:?}", reloader.status());
+
+    let second = rules.join("..2026_11_28_b");
+    std::fs::create_dir(&second).expect("mkdir");
+    std::fs::write(
+        second.join("routing.rhai"),
+        original.replacen(ROUTE_FN, MTN_VIA_SWITCH, 1),
+    )
+    .expect("write");
+    symlink("..2026_11_28_b", rules.join("..data_tmp")).expect("link");
+    std::fs::rename(rules.join("..data_tmp"), rules.join("..data")).expect("swap");
+    wait_for("the swapped rules", Duration::from_secs(5), || {
+        reloader.status().applied == 1
+    })
+    .await;
+    let batch = app
+        .submit(
+            "after-swap",
+            vec![payment("p", "mobile:256700000001@mtn", "5")],
+        )
+        .await;
+    assert_eq!(app.wait_final(&batch).await["p"]["dfsp"], "mojaloop-sdk");
+}
