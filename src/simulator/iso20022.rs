@@ -976,7 +976,10 @@ mod tests {
 
     use std::collections::BTreeMap;
 
-    use super::super::{Dfsp, SimConfig, expected_outcome, test_support::start};
+    use super::super::{
+        Dfsp, SimConfig, expected_outcome,
+        test_support::{serve, start},
+    };
     use super::*;
     use serde_json::Value;
     use tokio::sync::mpsc;
@@ -1002,14 +1005,8 @@ mod tests {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (format!("http://{addr}/cb"), rx, task)
+        let (base, task) = serve(app).await;
+        (format!("{base}/cb"), rx, task)
     }
 
     async fn next(rx: &mut mpsc::UnboundedReceiver<String>) -> Node {

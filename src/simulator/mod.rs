@@ -600,6 +600,19 @@ mod test_support {
             .expect("client");
         (sim, http)
     }
+
+    /// Serves `app` (a test's callback receiver) on a free loopback port; its base URL and
+    /// the server task.
+    pub(super) async fn serve(app: axum::Router) -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (format!("http://{addr}"), task)
+    }
 }
 
 #[cfg(test)]

@@ -734,7 +734,10 @@ fn status_result(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{SimConfig, test_support::start};
+    use super::super::{
+        SimConfig,
+        test_support::{serve, start},
+    };
     use super::*;
     use tokio::sync::mpsc;
 
@@ -753,14 +756,8 @@ mod tests {
                 StatusCode::OK
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (format!("http://{addr}"), rx, task)
+        let (base, task) = serve(app).await;
+        (base, rx, task)
     }
 
     async fn next(rx: &mut mpsc::UnboundedReceiver<(String, Value)>) -> (String, Value) {

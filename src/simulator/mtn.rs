@@ -449,7 +449,7 @@ async fn status(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::start;
+    use super::super::test_support::{serve, start};
     use super::*;
     use tokio::sync::mpsc;
 
@@ -473,14 +473,8 @@ mod tests {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (format!("http://{addr}/cb"), rx, task)
+        let (base, task) = serve(app).await;
+        (format!("{base}/cb"), rx, task)
     }
 
     async fn get_token(http: &reqwest::Client, base: &str) -> String {
