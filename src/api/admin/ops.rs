@@ -291,16 +291,26 @@ async fn retry(
             details: serde_json::json!({}),
         });
     };
+    // Every earlier retry of these payments, in one lookup (they share their sender).
+    let all_refs: Vec<String> = failed
+        .iter()
+        .flat_map(|p| (1..=MAX_RETRIES).map(move |n| format!("{}#retry{n}", p.reference_id)))
+        .collect();
+    let mut earlier_of: std::collections::HashMap<String, Vec<crate::payment::Payment>> =
+        std::collections::HashMap::new();
+    for e in state
+        .store
+        .payments_by_references(&sender, &all_refs)
+        .await?
+    {
+        if let Some((base, _)) = e.reference_id.rsplit_once("#retry") {
+            earlier_of.entry(base.to_string()).or_default().push(e);
+        }
+    }
     let mut new = Vec::with_capacity(failed.len());
     let mut links = Vec::with_capacity(failed.len());
     for p in &failed {
-        let refs: Vec<String> = (1..=MAX_RETRIES)
-            .map(|n| format!("{}#retry{n}", p.reference_id))
-            .collect();
-        let earlier = state
-            .store
-            .payments_by_references(&p.sender_id, &refs)
-            .await?;
+        let earlier = earlier_of.remove(&p.reference_id).unwrap_or_default();
         if let Some(live) = earlier.iter().find(|e| {
             !matches!(
                 e.status,
