@@ -751,12 +751,7 @@ fn after_send(
         Sent::Response(resp) => Some(i64::from(resp.status)),
         _ => None,
     };
-    // One request, however many payments it carried.
-    metrics.request(&Attempt {
-        http_status,
-        error: error.clone(),
-        ..attempt.clone()
-    });
+    metrics.request(&cfg.id, "submit", sent, finished - started);
     let now = now_ms();
     s.payments
         .iter()

@@ -53,6 +53,17 @@ pub enum Sent {
     Unknown(String),
 }
 
+impl Sent {
+    /// For metrics: the HTTP status class (`2xx`, `4xx`, ...), `not_sent` or `no_response`.
+    pub fn outcome_class(&self) -> String {
+        match self {
+            Sent::Response(r) => format!("{}xx", r.status / 100),
+            Sent::NotSent(_) => "not_sent".into(),
+            Sent::Unknown(_) => "no_response".into(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
     #[error("dfsp {dfsp}: cannot build HTTP client: {message}")]

@@ -214,31 +214,14 @@ pub async fn handle_callback(
         match adapter.parse_callback(&live.bundle.engine, Dynamic::from_map(req)) {
             Err(e) => CallbackOutcome::ScriptError(e.to_string()),
             Ok(reports) if reports.is_empty() => CallbackOutcome::Ignored,
-            Ok(reports) => {
-                let mut outcomes = Vec::with_capacity(reports.len());
-                for (matcher, report) in reports {
-                    let lookup = match matcher {
-                        CallbackMatch::PaymentId(id) => Lookup::Id(id),
-                        CallbackMatch::DfspRef(r) => Lookup::DfspRef {
-                            dfsp: dfsp.clone(),
-                            dfsp_ref: r,
-                        },
-                        CallbackMatch::ReferenceId(r) => Lookup::Reference {
-                            sender_id: None,
-                            reference_id: r,
-                        },
-                    };
-                    outcomes.push(
-                        apply_report(store, writer, &adapter.config, &dfsp, &lookup, &report)
-                            .await?,
-                    );
-                }
-                if outcomes.len() == 1 {
-                    outcomes.remove(0)
-                } else {
-                    CallbackOutcome::Many(outcomes)
-                }
+            Ok(reports) if reports.len() == 1 => {
+                let (matcher, report) = &reports[0];
+                let lookup = lookup_of(matcher, &dfsp);
+                apply_report(store, writer, &adapter.config, &dfsp, &lookup, report).await?
             }
+            Ok(reports) => CallbackOutcome::Many(
+                apply_reports(store, writer, &adapter.config, &dfsp, reports).await?,
+            ),
         }
     };
     let payment_id = match &outcome {
@@ -254,6 +237,80 @@ pub async fn handle_callback(
         .await
         .map_err(CallbackError::Write)?;
     Ok(outcome)
+}
+
+fn lookup_of(matcher: &CallbackMatch, dfsp: &str) -> Lookup {
+    match matcher {
+        CallbackMatch::PaymentId(id) => Lookup::Id(id.clone()),
+        CallbackMatch::DfspRef(r) => Lookup::DfspRef {
+            dfsp: dfsp.to_string(),
+            dfsp_ref: r.clone(),
+        },
+        CallbackMatch::ReferenceId(r) => Lookup::Reference {
+            sender_id: None,
+            reference_id: r.clone(),
+        },
+    }
+}
+
+/// Applies a report on many payments (a bank's status report for a whole file): the payments
+/// named by id are read in one query and their changes written in one group; a report that
+/// lost a race, or names its payment another way, goes through [`apply_report`] on its own.
+async fn apply_reports(
+    store: &Arc<dyn Store>,
+    writer: &Writer,
+    cfg: &AdapterConfig,
+    dfsp: &str,
+    reports: Vec<(CallbackMatch, Outcome)>,
+) -> Result<Vec<CallbackOutcome>, CallbackError> {
+    let ids: Vec<String> = reports
+        .iter()
+        .filter_map(|(m, _)| match m {
+            CallbackMatch::PaymentId(id) => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    let found: std::collections::HashMap<String, Payment> = store
+        .payments_by_ids(&ids)
+        .await?
+        .into_iter()
+        .map(|p| (p.id.clone(), p))
+        .collect();
+    let mut outcomes: Vec<Option<CallbackOutcome>> = vec![None; reports.len()];
+    let mut grouped = Vec::new();
+    let mut changes = Vec::new();
+    let now = now_ms();
+    for (i, (m, report)) in reports.iter().enumerate() {
+        let CallbackMatch::PaymentId(id) = m else {
+            continue;
+        };
+        match found.get(id) {
+            Some(p) if p.dfsp.as_deref() == Some(dfsp) => {
+                match report_change(p, p.status, cfg, report, now, false) {
+                    Some(change) => {
+                        grouped.push((i, p.id.clone()));
+                        changes.push(change);
+                    }
+                    None => outcomes[i] = Some(CallbackOutcome::NoChange(p.id.clone())),
+                }
+            }
+            _ => outcomes[i] = Some(CallbackOutcome::UnknownPayment),
+        }
+    }
+    let applied = writer.apply(changes).await.map_err(CallbackError::Write)?;
+    for ((i, id), a) in grouped.into_iter().zip(applied) {
+        if a == crate::store::Applied::Done {
+            outcomes[i] = Some(CallbackOutcome::Applied(id));
+        }
+    }
+    let mut out = Vec::with_capacity(reports.len());
+    for ((m, report), done) in reports.iter().zip(outcomes) {
+        out.push(match done {
+            Some(o) => o,
+            None => apply_report(store, writer, cfg, dfsp, &lookup_of(m, dfsp), report).await?,
+        });
+    }
+    Ok(out)
 }
 
 /// Applies a callback's report to the payment it names. A report that lost a race (the
@@ -355,7 +412,9 @@ pub async fn poll_once(
         let shared_reads = shared_reads.clone();
         queries.push(async move {
             let started = now_ms();
-            let sent = shared_reads.send(&dfsp, &client, &req).await;
+            let sent = shared_reads
+                .send(&dfsp, &client, &req, "status", metrics)
+                .await;
             let finished = now_ms();
             let mut attempt = Attempt {
                 dfsp: adapter.config.id.clone(),
@@ -377,7 +436,9 @@ pub async fn poll_once(
                     break;
                 };
                 let started = now_ms();
-                let sent = shared_reads.send(&dfsp, &client, &next).await;
+                let sent = shared_reads
+                    .send(&dfsp, &client, &next, "continue", metrics)
+                    .await;
                 attempt = Attempt {
                     kind: "continue",
                     method: next.method.to_string(),
@@ -408,7 +469,6 @@ pub async fn poll_once(
             next: None,
         });
         attempt.outcome = format!("{:?}", report.status).to_lowercase();
-        metrics.request(&attempt);
         if let Some(change) = report_change(p, p.status, &adapter.config, &report, now_ms(), true) {
             changes.push(change.with_attempt(attempt));
         }
@@ -426,14 +486,24 @@ struct SharedReads(
 );
 
 impl SharedReads {
+    /// Sends `req` (or, for a `GET` already sent this round, reuses its answer). Only requests
+    /// that really leave are counted in the metrics.
     async fn send(
         &self,
         dfsp: &str,
         client: &crate::executor::DfspClient,
         req: &crate::executor::DfspRequest,
+        kind: &str,
+        metrics: &crate::metrics::Metrics,
     ) -> Sent {
+        let measured = || async {
+            let started = now_ms();
+            let sent = client.send(req).await;
+            metrics.request(dfsp, kind, &sent, now_ms() - started);
+            sent
+        };
         if req.method != reqwest::Method::GET || req.body.is_some() {
-            return client.send(req).await;
+            return measured().await;
         }
         let mut key = format!("{dfsp} {}", req.path);
         for (k, v) in &req.headers {
@@ -446,7 +516,7 @@ impl SharedReads {
             .entry(key)
             .or_default()
             .clone();
-        cell.get_or_init(|| client.send(req)).await.clone()
+        cell.get_or_init(measured).await.clone()
     }
 }
 

@@ -13,7 +13,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::payment::Attempt;
 use crate::route::Live;
 use crate::store::{Store, StoreError};
 
@@ -156,29 +155,22 @@ impl Metrics {
         }
     }
 
-    /// One DFSP exchange, as recorded in a payment's attempts.
-    pub fn request(&self, a: &Attempt) {
-        let outcome = match (a.http_status, &a.error) {
-            (Some(s), _) => format!("{}xx", s / 100),
-            (None, Some(e)) if e.contains("not sent") || e.contains("refused") => {
-                "not_sent".to_string()
-            }
-            (None, _) => "no_response".to_string(),
-        };
+    /// One request that really left for a DFSP (however many payments it carried), and
+    /// how long it took.
+    pub fn request(&self, dfsp: &str, kind: &str, sent: &crate::executor::Sent, millis: i64) {
         self.requests
             .get_or_create(&RequestLabels {
-                dfsp: a.dfsp.clone(),
-                kind: a.kind.to_string(),
-                outcome,
+                dfsp: dfsp.to_string(),
+                kind: kind.to_string(),
+                outcome: sent.outcome_class(),
             })
             .inc();
-        let seconds = (a.finished_at - a.started_at).max(0) as f64 / 1000.0;
         self.latency
             .get_or_create(&LatencyLabels {
-                dfsp: a.dfsp.clone(),
-                kind: a.kind.to_string(),
+                dfsp: dfsp.to_string(),
+                kind: kind.to_string(),
             })
-            .observe(seconds);
+            .observe(millis.max(0) as f64 / 1000.0);
     }
 
     pub fn callback(&self, dfsp: &str, result: &str) {
