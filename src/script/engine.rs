@@ -21,16 +21,35 @@ pub const MAX_OPERATIONS: u64 = 200_000;
 /// Wall-clock limit per call, a backstop behind the operation budget.
 pub const CALL_DEADLINE: Duration = Duration::from_millis(250);
 
+/// This thread's script call: `Some(None)` while a call runs and has not yet read the clock,
+/// `Some(Some(deadline))` once it has, `None` outside calls.
+type CallClock = Option<Option<Instant>>;
+
 thread_local! {
-    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    static DEADLINE: Cell<CallClock> = const { Cell::new(None) };
 }
 
-/// Runs `f` with this thread's script deadline set, so a slow script is stopped.
+/// Runs `f` with this thread's script deadline armed, so a slow script is stopped. The clock
+/// is first read at the first progress check (after 1,024 operations), not here: most calls
+/// end long before that, and reading the clock at every call was a tenth of a short call's
+/// cost. The deadline thus counts from that check, a few microseconds into the call.
 pub fn with_deadline<T>(f: impl FnOnce() -> T) -> T {
-    let previous = DEADLINE.with(|d| d.replace(Some(Instant::now() + CALL_DEADLINE)));
+    let previous = DEADLINE.with(|d| d.replace(Some(None)));
     let out = f();
     DEADLINE.with(|d| d.set(previous));
     out
+}
+
+/// Called every 1,024 operations of a call: starts the call's deadline, then checks it.
+fn past_deadline() -> bool {
+    DEADLINE.with(|d| match d.get() {
+        Some(Some(at)) => Instant::now() > at,
+        Some(None) => {
+            d.set(Some(Some(Instant::now() + CALL_DEADLINE)));
+            false
+        }
+        None => false,
+    })
 }
 
 type HelperResult<T> = Result<T, Box<EvalAltResult>>;
@@ -72,8 +91,7 @@ pub fn build() -> Engine {
         if ops % 1024 != 0 {
             return None;
         }
-        let late = DEADLINE.with(|d| d.get().is_some_and(|at| Instant::now() > at));
-        late.then(|| Dynamic::from("script exceeded its time limit"))
+        past_deadline().then(|| Dynamic::from("script exceeded its time limit"))
     });
     register_helpers(&mut e);
     e
@@ -299,6 +317,23 @@ mod tests {
             eval("uuid_v4().len()").expect("eval").as_int().ok(),
             Some(36)
         );
+    }
+
+    #[test]
+    fn a_slow_script_is_stopped_by_the_wall_clock_before_its_operation_budget() {
+        // Every operation hashes 128 KiB: the operation budget would allow many seconds.
+        let err = eval(
+            r#"let s = "x"; for i in 0..17 { s += s; } let n = 0; loop { sha256_hex(s); n += 1; }"#,
+        )
+        .unwrap_err();
+        match *err {
+            EvalAltResult::ErrorTerminated(ref why, _) => {
+                assert!(why.to_string().contains("time limit"), "{why}")
+            }
+            ref other => panic!("expected the deadline to stop it, got {other}"),
+        }
+        // Outside a call nothing is armed: the next call starts afresh.
+        assert_eq!(eval("40 + 2").expect("eval").as_int().ok(), Some(42));
     }
 
     #[test]
