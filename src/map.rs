@@ -9,7 +9,7 @@ use rhai::{Dynamic, Map};
 
 use crate::executor::{Body, DfspRequest, DfspResponse};
 use crate::script::convert::{json_to_dynamic, str_or_unit, write_json};
-use crate::script::{Adapter, ScriptError, map_str};
+use crate::script::{Adapter, ScriptError, map_str, text_of};
 
 /// The status a DFSP message reports, as scripts return it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,8 +232,9 @@ impl Adapter {
             let h = h
                 .read_lock::<Map>()
                 .ok_or_else(|| self.fail(format!("{func}: 'headers' must be a map")))?;
+            headers.reserve(h.len());
             for (k, v) in h.iter() {
-                headers.push((k.to_string(), v.to_string()));
+                headers.push((k.as_str().to_owned(), text_of(v)));
             }
         }
         let body = match map.get("body") {
@@ -242,7 +243,7 @@ impl Adapter {
             Some(b) if b.is_string() => Some(Body::Text {
                 content_type: map_str(&map, "content_type")
                     .unwrap_or_else(|| "text/plain; charset=utf-8".into()),
-                text: b.to_string(),
+                text: text_of(b),
             }),
             Some(b) => {
                 let mut text = String::with_capacity(512);

@@ -42,10 +42,57 @@ pub fn payment_dynamic(p: &Payment) -> Dynamic {
     shared(payment_map(p))
 }
 
+/// The keys of the payment map, sorted as the map keeps them (see [`payment_map`]).
+const PAYMENT_KEYS: [&str; 21] = [
+    "amount",
+    "amount_minor",
+    "attempts",
+    "attributes",
+    "batch_id",
+    "currency",
+    "dfsp",
+    "dfsp_ref",
+    "fa",
+    "id",
+    "idempotency_key",
+    "meta",
+    "minor_units",
+    "note",
+    "payee_fa",
+    "payee_id_type",
+    "payee_id_value",
+    "payee_name",
+    "program",
+    "reference_id",
+    "sender_id",
+];
+const FA_KEYS: [&str; 3] = ["id", "provider", "scheme"];
+
+/// A map with `keys` bound to `()`: cloning it and filling its values in key order costs a
+/// fraction of building the map key by key (no key is made, compared or sorted again).
+fn template(keys: &[&str]) -> Map {
+    keys.iter().map(|k| ((*k).into(), Dynamic::UNIT)).collect()
+}
+
+static PAYMENT_TEMPLATE: std::sync::LazyLock<Map> =
+    std::sync::LazyLock::new(|| template(&PAYMENT_KEYS));
+static FA_TEMPLATE: std::sync::LazyLock<Map> = std::sync::LazyLock::new(|| template(&FA_KEYS));
+
+/// Clones `template` and sets its values, given in the template's (sorted) key order.
+fn filled<const N: usize>(template: &Map, values: [Dynamic; N]) -> Map {
+    let mut map = template.clone();
+    debug_assert_eq!(map.len(), N);
+    for (slot, value) in map.values_mut().zip(values) {
+        *slot = value;
+    }
+    map
+}
+
 /// The payment as scripts see it (DESIGN.md "Script contracts").
 ///
-/// Built from a list in one bulk step rather than key by key (this runs for every payment), and
-/// with the nested `fa` map shared so that `p.fa == ()` in a script copies no map.
+/// This runs for every payment, so it fills a copy of a prepared map rather than building
+/// one key by key, and the nested `fa` map is shared so that `p.fa == ()` in a script copies
+/// no map.
 pub fn payment_map(p: &Payment) -> Map {
     let text = |s: &str| Dynamic::from(ImmutableString::from(s));
     let fa = p
@@ -53,50 +100,42 @@ pub fn payment_map(p: &Payment) -> Map {
         .as_deref()
         .and_then(|s| FinancialAddress::parse(s).ok())
         .map_or(Dynamic::UNIT, |fa| {
-            shared(Map::from_iter([
-                ("id".into(), text(&fa.id)),
-                ("provider".into(), text(&fa.provider)),
-                ("scheme".into(), text(&fa.scheme)),
-            ]))
+            shared(filled(
+                &FA_TEMPLATE,
+                [text(&fa.id), text(&fa.provider), text(&fa.scheme)],
+            ))
         });
     let sender = text(&p.sender_id);
     let currency = p.amount.currency();
-    let fields: [(&str, Dynamic); 20] = [
-        ("amount", Dynamic::from_decimal(p.amount.to_decimal())),
-        ("amount_minor", Dynamic::from_int(p.amount.minor())),
-        ("attempts", Dynamic::from_int(p.attempts)),
-        (
-            "attributes",
+    // In the order of PAYMENT_KEYS.
+    filled(
+        &PAYMENT_TEMPLATE,
+        [
+            Dynamic::from_decimal(p.amount.to_decimal()),
+            Dynamic::from_int(p.amount.minor()),
+            Dynamic::from_int(p.attempts),
             p.attributes
                 .as_ref()
                 .map_or_else(|| Dynamic::from_map(Map::new()), json_to_dynamic),
-        ),
-        ("batch_id", text(&p.batch_id)),
-        ("currency", text(currency.code())),
-        ("dfsp", str_or_unit(p.dfsp.as_deref())),
-        ("dfsp_ref", str_or_unit(p.dfsp_ref.as_deref())),
-        ("fa", fa),
-        ("id", text(&p.id)),
-        ("idempotency_key", str_or_unit(p.idempotency_key.as_deref())),
-        (
-            "meta",
+            text(&p.batch_id),
+            text(currency.code()),
+            str_or_unit(p.dfsp.as_deref()),
+            str_or_unit(p.dfsp_ref.as_deref()),
+            fa,
+            text(&p.id),
+            str_or_unit(p.idempotency_key.as_deref()),
             p.meta.as_ref().map_or(Dynamic::UNIT, json_to_dynamic),
-        ),
-        (
-            "minor_units",
             Dynamic::from_int(i64::from(currency.minor_units())),
-        ),
-        ("note", str_or_unit(p.note.as_deref())),
-        ("payee_fa", str_or_unit(p.payee_fa.as_deref())),
-        ("payee_id_type", str_or_unit(p.payee_id_type.as_deref())),
-        ("payee_id_value", str_or_unit(p.payee_id_value.as_deref())),
-        ("payee_name", str_or_unit(p.payee_name.as_deref())),
-        ("program", sender.clone()),
-        ("reference_id", text(&p.reference_id)),
-    ];
-    let mut m = Map::from_iter(fields.into_iter().map(|(k, v)| (k.into(), v)));
-    m.insert("sender_id".into(), sender);
-    m
+            str_or_unit(p.note.as_deref()),
+            str_or_unit(p.payee_fa.as_deref()),
+            str_or_unit(p.payee_id_type.as_deref()),
+            str_or_unit(p.payee_id_value.as_deref()),
+            str_or_unit(p.payee_name.as_deref()),
+            sender.clone(),
+            text(&p.reference_id),
+            sender,
+        ],
+    )
 }
 
 pub fn json_to_dynamic(v: &serde_json::Value) -> Dynamic {
@@ -170,27 +209,41 @@ pub fn write_json(d: &Dynamic, out: &mut String) -> Result<(), String> {
     Ok(())
 }
 
+/// Which bytes JSON strings must escape: `"`, `\\` and the control characters.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 fn write_json_str(s: &str, out: &mut String) {
     use std::fmt::Write;
+    out.reserve(s.len() + 2);
     out.push('"');
     // Copy the runs that need no escaping in one go; only ASCII bytes ever need it, so every
     // cut below falls on a character boundary.
+    let bytes = s.as_bytes();
     let mut run = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escaped = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..0x20 => "",
-            _ => continue,
-        };
+    for (i, &b) in bytes.iter().enumerate() {
+        if !NEEDS_ESCAPE[usize::from(b)] {
+            continue;
+        }
         out.push_str(&s[run..i]);
-        if escaped.is_empty() {
-            let _ = write!(out, "\\u{b:04x}");
-        } else {
-            out.push_str(escaped);
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            _ => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
         }
         run = i + 1;
     }
@@ -230,6 +283,59 @@ mod tests {
         let back: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
         assert_eq!(back, v);
         assert!(out.contains("12345678901234.5678"), "{out}");
+    }
+
+    #[test]
+    fn templates_keep_their_keys_in_the_order_values_are_given() {
+        for keys in [&PAYMENT_KEYS[..], &FA_KEYS[..]] {
+            let map = template(keys);
+            let order: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+            assert_eq!(
+                order, keys,
+                "keys must be listed sorted and without repeats"
+            );
+        }
+    }
+
+    #[test]
+    fn payment_map_puts_each_value_under_its_key() {
+        let row = crate::store::NewPayment {
+            id: "p-1".into(),
+            reference_id: "ref-1".into(),
+            payee_fa: Some("mobile:256700000001@mtn".into()),
+            amount_minor: 12_345,
+            currency: "KES".into(),
+            payee_name: Some("Jane".into()),
+            ..Default::default()
+        };
+        let p = crate::ingest::received_payment(&row, "batch-1", "sender-1", 0).expect("payment");
+        let m = payment_map(&p);
+        let s = |k: &str| m[k].to_string();
+        assert_eq!(
+            m["amount"].as_decimal().expect("decimal").to_string(),
+            "123.45"
+        );
+        assert_eq!(m["amount_minor"].as_int().expect("int"), 12_345);
+        assert_eq!(m["minor_units"].as_int().expect("int"), 2);
+        assert_eq!(
+            (s("id"), s("reference_id"), s("batch_id"), s("currency")),
+            ("p-1".into(), "ref-1".into(), "batch-1".into(), "KES".into())
+        );
+        assert_eq!(
+            (s("sender_id"), s("program")),
+            ("sender-1".into(), "sender-1".into())
+        );
+        assert_eq!(s("payee_name"), "Jane");
+        assert!(m["note"].is_unit() && m["dfsp"].is_unit() && m["meta"].is_unit());
+        let fa = m["fa"].read_lock::<Map>().expect("fa map").clone();
+        assert_eq!(
+            (
+                fa["scheme"].to_string(),
+                fa["id"].to_string(),
+                fa["provider"].to_string()
+            ),
+            ("mobile".into(), "256700000001".into(), "mtn".into())
+        );
     }
 
     #[test]

@@ -385,7 +385,16 @@ fn load_adapter(engine: &Engine, dir: &Path) -> Result<Adapter, Vec<ScriptError>
 
 /// Reads a field of a script result map as an optional string.
 pub fn map_str(map: &Map, key: &str) -> Option<String> {
-    map.get(key).filter(|v| !v.is_unit()).map(|v| v.to_string())
+    map.get(key).filter(|v| !v.is_unit()).map(text_of)
+}
+
+/// A script value as text: strings copied as they are (without going through `Display`,
+/// which this path used to pay for on every header and field), anything else displayed.
+pub fn text_of(value: &Dynamic) -> String {
+    match value.read_lock::<rhai::ImmutableString>() {
+        Some(s) => s.as_str().to_owned(),
+        None => value.to_string(),
+    }
 }
 
 #[cfg(test)]
