@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rhai::{Array, Dynamic, Map};
 
 use crate::executor::DfspClient;
-use crate::script::{Adapter, Bundle, ScriptError, map_str};
+use crate::script::{Adapter, Bundle, ScriptError, map_str, text_of};
 
 /// The scripts in force plus one HTTP client per adapter, swapped together.
 #[derive(Debug)]
@@ -212,12 +212,12 @@ pub fn route(
         message,
     };
     let ids: Vec<String> = if out.is_string() {
-        vec![out.to_string()]
+        vec![text_of(&out)]
     } else if out.is_array() {
         let arr = out
             .read_lock::<Array>()
             .ok_or_else(|| fail("route: array is locked".into()))?;
-        arr.iter().map(|v| v.to_string()).collect()
+        arr.iter().map(text_of).collect()
     } else if out.is_map() {
         let map = out
             .read_lock::<Map>()
@@ -253,7 +253,7 @@ pub fn route(
 /// amount, whole units only), in order. Generic checks live here rather than in every routing
 /// script. When none is left, the rejection names the reason if every candidate refused for
 /// the same one that has its own code (`amount.not_whole`), else `dfsp.unavailable`.
-fn capable(bundle: &Bundle, ids: Vec<String>, amount: &crate::money::Money) -> Decision {
+pub fn capable(bundle: &Bundle, ids: Vec<String>, amount: &crate::money::Money) -> Decision {
     let mut refused = Vec::new();
     // Whether every refusal so far is a fractional amount (then that is the reason to give).
     let mut all_not_whole = true;
