@@ -210,8 +210,11 @@ impl Dispatcher {
             let writer = self.writer.clone();
             let engine = live.bundle.engine.clone();
             let lease_ms = self.settings.sending_lease_ms;
+            let owner = self.settings.instance_id.clone();
             let metrics = self.metrics.clone();
-            tokio::spawn(async move { send_all(writer, engine, sends, lease_ms, metrics).await });
+            tokio::spawn(
+                async move { send_all(writer, engine, sends, lease_ms, owner, metrics).await },
+            );
         }
         Ok(count)
     }
@@ -491,8 +494,14 @@ fn defer(p: &Payment, now: i64) -> Change {
 }
 
 /// received|routed → sending, committed before the request leaves.
-fn sending_change(p: &Payment, key: &str, lease_until: i64) -> Result<Change, IllegalTransition> {
+fn sending_change(
+    p: &Payment,
+    key: &str,
+    lease_until: i64,
+    owner: &str,
+) -> Result<Change, IllegalTransition> {
     let at = Change::at(&p.id, p.status).with(|f| {
+        f.lease_owner = Some(owner.to_string());
         f.dfsp = Some(p.dfsp.clone());
         f.fallbacks = Some(p.fallbacks.clone());
         f.idempotency_key = Some(Some(key.to_string()));
@@ -538,6 +547,7 @@ async fn send_all(
     engine: Arc<rhai::Engine>,
     group: Vec<ToSend>,
     lease_ms: i64,
+    owner: String,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -564,8 +574,8 @@ async fn send_all(
         let mut going = Vec::with_capacity(ready.len());
         for (mut s, slot) in ready {
             let key = s.key.clone();
-            s.payments
-                .retain(|(p, _)| match sending_change(p, &key, now + lease_ms) {
+            s.payments.retain(
+                |(p, _)| match sending_change(p, &key, now + lease_ms, &owner) {
                     Ok(change) => {
                         changes.push(change);
                         true
@@ -574,7 +584,8 @@ async fn send_all(
                         tracing::error!(payment = %p.id, %illegal, "unexpected status at dispatch");
                         false
                     }
-                });
+                },
+            );
             going.push((s, slot));
         }
         let mut applied = match writer.apply(changes).await {

@@ -212,6 +212,9 @@ pub struct Fields {
     pub adapter_version: Option<String>,
     pub next_at: Option<i64>,
     pub lease_until: Option<i64>,
+    /// The instance that holds the payment in `sending`: on its restart, such payments are
+    /// known to have lost their answer at once (no wait for the lease to end).
+    pub lease_owner: Option<String>,
     pub add_attempt: bool,
     pub add_poll: bool,
 }

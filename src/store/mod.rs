@@ -346,7 +346,10 @@ pub trait Store: Send + Sync + 'static {
     async fn payment_events(&self, payment_id: &str) -> StoreResult<Vec<StoredEvent>>;
     async fn payment_attempts(&self, payment_id: &str) -> StoreResult<Vec<StoredAttempt>>;
     /// Leases up to `limit` due payments until `lease_until`; a payment leased by someone
-    /// else is not returned until its lease expires.
+    /// else is not returned until its lease expires. A lease ends early when a change to the
+    /// payment is written. Leases only spare duplicate work: what keeps money safe is that
+    /// `sending` is committed only if the payment is still in the status it was claimed in.
+    /// An embedded store, which one process owns, may keep its leases in memory.
     async fn claim(
         &self,
         kind: Claim,

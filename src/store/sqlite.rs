@@ -1,7 +1,8 @@
 //! The embedded store: SQLite in WAL mode with `synchronous=FULL` (a lost `sending` mark after a
 //! power cut would mean a second payment). All writes go through one connection, so there is
 //! no lock-upgrade contention; throughput comes from grouping each claimed group's writes in
-//! one transaction. Reads use a separate pool and never wait for writers.
+//! one transaction. Reads use a separate pool and never wait for writers; claims are reads,
+//! with their leases kept in this process (see [`Leases`]).
 
 use std::path::Path;
 use std::str::FromStr;
@@ -36,7 +37,7 @@ const BATCH_COLUMNS: &str =
 
 /// Rows per multi-row INSERT when storing a batch (17 parameters each, well under SQLite's limit).
 const INSERT_CHUNK: usize = 256;
-/// Changes per UPDATE … FROM (VALUES …) statement (18 parameters each).
+/// Changes per UPDATE … FROM (VALUES …) statement (19 parameters each).
 const UPDATE_CHUNK: usize = 256;
 
 /// Splits `items` into chunks of `max` (a power of two) and then falling powers of two, so a
@@ -60,9 +61,44 @@ fn shaped_chunks<T>(items: &[T], max: usize) -> Vec<&[T]> {
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    leases: std::sync::Mutex<Leases>,
+}
+
+/// Claims of this process. An embedded database belongs to one PIL process, so leases live
+/// here rather than in the rows: a claim is a read on a reader connection and costs the single
+/// writer nothing (claim writes were a quarter of its time under load). Money stays safe
+/// without them: `sending` is committed only if the payment is still in the status it was
+/// claimed in, and carries this instance as `lease_owner` for crash recovery.
+#[derive(Default)]
+struct Leases {
+    /// Payment id → lease end, for the payments claimed and not yet written back.
+    held: std::collections::HashMap<String, i64>,
+    /// Where the last claim of each kind stopped, so the next one goes on from there rather
+    /// than reading again the payments still held: (status index, next_at, rowid).
+    cursors: [Option<(usize, i64, i64)>; 2],
+}
+
+impl Leases {
+    fn is_held(&self, id: &str, now: i64) -> bool {
+        self.held.get(id).is_some_and(|until| *until > now)
+    }
+
+    /// Drops expired leases once the map has grown, so a payment nobody wrote back (its
+    /// worker failed) costs memory only until its lease ends.
+    fn prune(&mut self, now: i64) {
+        if self.held.len() > 1024 && self.held.len().is_power_of_two() {
+            self.held.retain(|_, until| *until > now);
+        }
+    }
 }
 
 impl SqliteStore {
+    fn leases_lock(&self) -> std::sync::MutexGuard<'_, Leases> {
+        self.leases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub async fn open(url: &str) -> StoreResult<SqliteStore> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -74,6 +110,11 @@ impl SqliteStore {
             // page cache would spill them to disk mid-transaction.
             .pragma("cache_size", "-65536")
             .pragma("temp_store", "memory")
+            // Rows cross from the connection's thread to the async side through a bounded
+            // channel; with sqlx's default of 50 the thread stalls mid-statement until each
+            // batch is drained (a grouped UPDATE returns hundreds of ids, a claim hundreds of
+            // payments).
+            .row_buffer_size(1024)
             // Checkpoints run in a background task (below), not inside the writer's commits.
             .pragma("wal_autocheckpoint", "0");
         if let Some(parent) = Path::new(options.get_filename()).parent()
@@ -83,6 +124,9 @@ impl SqliteStore {
         }
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            // One embedded connection that is never dropped by a server: checking it before
+            // every group write was a round trip to its thread for nothing.
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&writer).await?;
@@ -109,7 +153,11 @@ impl SqliteStore {
             // memory (the writer keeps the 64 MiB one).
             .connect_with(options.read_only(true).pragma("cache_size", "-8192"))
             .await?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            leases: Default::default(),
+        })
     }
 }
 
@@ -277,6 +325,18 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
 fn placeholders(rows: usize, cols: usize) -> String {
     let row = format!("({})", vec!["?"; cols].join(","));
     vec![row; rows].join(",")
+}
+
+/// The text of a grouped statement with `rows` rows (a power of two, see [`shaped_chunks`]),
+/// built once per shape: the group writes are on the single writer's path, and building and
+/// hashing a 20 KB statement text for every chunk was a part of it.
+fn grouped_sql(
+    shapes: &'static [std::sync::OnceLock<String>; 16],
+    rows: usize,
+    build: impl FnOnce(usize) -> String,
+) -> &'static str {
+    debug_assert!(rows.is_power_of_two());
+    shapes[rows.trailing_zeros() as usize].get_or_init(|| build(rows))
 }
 
 impl SqliteStore {
@@ -873,37 +933,67 @@ impl Store for SqliteStore {
         now: i64,
         limit: i64,
         lease_until: i64,
-        owner: &str,
+        _owner: &str,
     ) -> StoreResult<Vec<Payment>> {
-        // No ORDER BY: the (status, next_at) index already yields due payments oldest first
-        // for each status, and sorting every due row on each claim was the costliest query.
-        // A claim also moves `next_at` to the lease's end: leased payments then fall outside
-        // the index range, so claims do not wade through the thousands of payments that are
-        // claimed and waiting for a DFSP slot (that scan was most of a claim's cost). A
-        // payment whose lease lapses is due again exactly when its lease ends.
-        let (a, b) = match kind {
-            Claim::Dispatch => (Status::Received, Status::Routed),
-            Claim::Poll => (Status::Accepted, Status::Unknown),
+        let statuses = match kind {
+            Claim::Dispatch => [Status::Received, Status::Routed],
+            Claim::Poll => [Status::Accepted, Status::Unknown],
         };
-        // The single writer connection only marks the lease and returns ids; the rows
-        // themselves are read on a reader connection, off the writer's path.
-        let ids: Vec<String> = sqlx::query_scalar(
-            "UPDATE payments SET lease_until = $1, lease_owner = $6, next_at = $1 WHERE id IN (\
-               SELECT id FROM payments WHERE status IN ($2, $3) AND next_at <= $4 \
-               AND lease_until <= $4 LIMIT $5) \
-             RETURNING id",
-        )
-        .bind(lease_until)
-        .bind(a.as_str())
-        .bind(b.as_str())
-        .bind(now)
-        .bind(limit)
-        .bind(owner)
-        .fetch_all(&self.writer)
-        .await?;
-        let mut payments = self.payments_where_in("id", &ids, None).await?;
-        payments.sort_by(|x, y| x.batch_id.cmp(&y.batch_id).then(x.seq.cmp(&y.seq)));
-        Ok(payments)
+        let which = usize::from(kind == Claim::Poll);
+        let limit = usize::try_from(limit.max(1)).unwrap_or(1);
+        let start = self.leases_lock().cursors[which];
+        // Due payments in index order (status, next_at, rowid), from where the last claim
+        // stopped to the end, then once more from the beginning: payments that fell due behind
+        // the cursor (a retry's backoff ended, a lease lapsed) are found on that second pass.
+        let mut cursor = start.unwrap_or((0, i64::MIN, i64::MIN));
+        let mut wrapped = start.is_none();
+        let mut claimed = Vec::new();
+        while claimed.len() < limit {
+            let (index, after_next_at, after_rowid) = cursor;
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT rowid AS claim_rowid, {PAYMENT_COLUMNS} FROM payments \
+                 WHERE status = $1 AND next_at <= $2 AND (next_at, rowid) > ($3, $4) \
+                 ORDER BY next_at, rowid LIMIT $5"
+            )))
+            .bind(statuses[index].as_str())
+            .bind(now)
+            .bind(after_next_at)
+            .bind(after_rowid)
+            .bind(limit as i64)
+            .fetch_all(&self.reader)
+            .await?;
+            let exhausted = rows.len() < limit;
+            {
+                let mut leases = self.leases_lock();
+                for row in &rows {
+                    if claimed.len() == limit {
+                        break;
+                    }
+                    cursor = (index, row.try_get("next_at")?, row.try_get("claim_rowid")?);
+                    if leases.is_held(row.try_get("id")?, now) {
+                        continue;
+                    }
+                    let payment = payment_from_row(row)?;
+                    leases.held.insert(payment.id.clone(), lease_until);
+                    claimed.push(payment);
+                }
+                leases.prune(now);
+            }
+            if !exhausted {
+                continue;
+            }
+            if index + 1 < statuses.len() {
+                cursor = (index + 1, i64::MIN, i64::MIN);
+            } else if !wrapped {
+                wrapped = true;
+                cursor = (0, i64::MIN, i64::MIN);
+            } else {
+                break;
+            }
+        }
+        self.leases_lock().cursors[which] = Some(cursor);
+        claimed.sort_by(|x, y| x.batch_id.cmp(&y.batch_id).then(x.seq.cmp(&y.seq)));
+        Ok(claimed)
     }
 
     async fn write(&self, group: &WriteGroup, now: i64) -> StoreResult<WriteResult> {
@@ -938,6 +1028,12 @@ impl Store for SqliteStore {
             .await?;
         }
         tx.commit().await?;
+        // Whatever a change says, the worker that claimed the payment is done with this step.
+        let mut leases = self.leases_lock();
+        for change in &group.changes {
+            leases.held.remove(&change.payment_id);
+        }
+        drop(leases);
         Ok(WriteResult {
             callback_ids,
             applied,
@@ -971,7 +1067,8 @@ impl Store for SqliteStore {
         .rows_affected();
         if let Some(owner) = restarted_owner {
             sqlx::query(
-                // They were due when claimed (a claim moved next_at to the lease's end).
+                // Leases written by versions that kept them in the rows (a claim moved
+                // next_at to the lease's end); this version's leases are in memory.
                 "UPDATE payments SET lease_until = 0, lease_owner = NULL, \
                  next_at = MIN(next_at, $2) \
                  WHERE lease_owner = $1 AND status <> 'sending'",
@@ -1075,7 +1172,7 @@ impl Store for SqliteStore {
         if found == 0 {
             return Ok(None);
         }
-        // Payments a worker holds right now (leased) finish their step; the rest wait.
+        // Payments a worker holds right now finish their step; the rest wait.
         let moved = sqlx::query(
             "UPDATE payments SET next_at = $2 WHERE batch_id = $1 \
              AND status IN ('received', 'routed') AND lease_until <= $3",
@@ -1157,8 +1254,11 @@ async fn apply_changes(
                 .into_iter()
                 .partition(|&i| seen.insert(changes[i].payment_id.as_str()));
             for chunk in shaped_chunks(&round, UPDATE_CHUNK) {
-                let sql = format!(
-                    "UPDATE payments SET status = v.column1, updated_at = v.column2, \
+                static SHAPES: [std::sync::OnceLock<String>; 16] =
+                    [const { std::sync::OnceLock::new() }; 16];
+                let sql = grouped_sql(&SHAPES, chunk.len(), |rows| {
+                    format!(
+                        "UPDATE payments SET status = v.column1, updated_at = v.column2, \
                      dfsp = CASE WHEN v.column3 THEN v.column4 ELSE payments.dfsp END, \
                      fallbacks = COALESCE(v.column5, payments.fallbacks), \
                      dfsp_ref = COALESCE(v.column6, payments.dfsp_ref), \
@@ -1171,12 +1271,14 @@ async fn apply_changes(
                      next_at = COALESCE(v.column13, payments.next_at), \
                      lease_until = COALESCE(v.column14, payments.lease_until), \
                      attempts = payments.attempts + v.column15, \
-                     polls = payments.polls + v.column16 \
+                     polls = payments.polls + v.column16, \
+                     lease_owner = COALESCE(v.column19, payments.lease_owner) \
                      FROM (VALUES {}) AS v \
                      WHERE payments.id = v.column17 AND payments.status = v.column18 \
                      RETURNING payments.id",
-                    placeholders(chunk.len(), 18)
-                );
+                        placeholders(rows, 19)
+                    )
+                });
                 let mut q = sqlx::query(AssertSqlSafe(sql));
                 for &i in chunk {
                     let change = &changes[i];
@@ -1203,7 +1305,8 @@ async fn apply_changes(
                         .bind(i64::from(f.add_attempt))
                         .bind(i64::from(f.add_poll))
                         .bind(change.payment_id.as_str())
-                        .bind(change.expect.as_str());
+                        .bind(change.expect.as_str())
+                        .bind(f.lease_owner.as_deref());
                 }
                 let done: std::collections::HashSet<String> = q
                     .fetch_all(&mut *conn)
@@ -1238,11 +1341,15 @@ async fn apply_changes(
         }
         // History rows of the whole group in a few multi-row statements.
         for chunk in shaped_chunks(&events, INSERT_CHUNK) {
-            let sql = format!(
-                "INSERT INTO payment_events (payment_id, at, from_status, to_status, \
-                 reason_code, detail, route_version, adapter_version) VALUES {}",
-                placeholders(chunk.len(), 8)
-            );
+            static SHAPES: [std::sync::OnceLock<String>; 16] =
+                [const { std::sync::OnceLock::new() }; 16];
+            let sql = grouped_sql(&SHAPES, chunk.len(), |rows| {
+                format!(
+                    "INSERT INTO payment_events (payment_id, at, from_status, to_status, \
+                     reason_code, detail, route_version, adapter_version) VALUES {}",
+                    placeholders(rows, 8)
+                )
+            });
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for (id, e) in chunk {
                 q = q
@@ -1258,11 +1365,15 @@ async fn apply_changes(
             q.execute(&mut *conn).await?;
         }
         for chunk in shaped_chunks(&attempts, INSERT_CHUNK) {
-            let sql = format!(
-                "INSERT INTO dispatch_attempts (payment_id, dfsp, kind, idempotency_key, \
-                 method, url, started_at, finished_at, http_status, outcome, error) VALUES {}",
-                placeholders(chunk.len(), 11)
-            );
+            static SHAPES: [std::sync::OnceLock<String>; 16] =
+                [const { std::sync::OnceLock::new() }; 16];
+            let sql = grouped_sql(&SHAPES, chunk.len(), |rows| {
+                format!(
+                    "INSERT INTO dispatch_attempts (payment_id, dfsp, kind, idempotency_key, \
+                     method, url, started_at, finished_at, http_status, outcome, error) VALUES {}",
+                    placeholders(rows, 11)
+                )
+            });
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for (id, a) in chunk {
                 q = q
