@@ -14,6 +14,10 @@ use pil::simulator::{self, SimConfig};
 use pil::startup::Application;
 use serde_json::{Value, json};
 
+// The allocator of the `pil` binary (src/main.rs), so the figures are those of what ships.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
