@@ -2,7 +2,8 @@
 //! the raw HTTP ceiling (the same client settings firing the simulator's `POST /transfers`
 //! directly), a 100,000-payment batch accepted and stored, and a synchronous-DFSP batch sent
 //! end to end (payments/s, p50/p99 accepted→final, peak RSS). Run: `cargo bench --bench load`.
-//! `PIL_BENCH_PAYMENTS` sets the end-to-end batch size (default 20,000).
+//! `PIL_BENCH_PAYMENTS` sets the end-to-end batch size (default 20,000), `PIL_BENCH_IN_FLIGHT`
+//! the DFSPs' `max_in_flight` (default: the shipped adapter.toml's 32).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,7 +82,9 @@ async fn app(dir: &std::path::Path, sim_url: &str, dispatch: bool) -> Applicatio
                     if l.starts_with("base_url") {
                         format!("base_url = \"{sim_url}\"")
                     } else if l.starts_with("max_in_flight")
-                        && let Ok(n) = std::env::var("PIL_BENCH_IN_FLIGHT")
+                        && let Some(n) = std::env::var("PIL_BENCH_IN_FLIGHT")
+                            .ok()
+                            .filter(|n| !n.trim().is_empty())
                     {
                         format!("max_in_flight = {n}")
                     } else {
