@@ -4,6 +4,7 @@
 //! `arbitrary_precision`): integers become `INT`, the rest `Decimal`.
 
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use rhai::{Array, Dynamic, ImmutableString, Map};
 use rust_decimal::Decimal;
@@ -42,47 +43,25 @@ pub fn payment_dynamic(p: &Payment) -> Dynamic {
     shared(payment_map(p))
 }
 
-/// The keys of the payment map, sorted as the map keeps them (see [`payment_map`]).
-const PAYMENT_KEYS: [&str; 21] = [
-    "amount",
-    "amount_minor",
-    "attempts",
-    "attributes",
-    "batch_id",
-    "currency",
-    "dfsp",
-    "dfsp_ref",
-    "fa",
-    "id",
-    "idempotency_key",
-    "meta",
-    "minor_units",
-    "note",
-    "payee_fa",
-    "payee_id_type",
-    "payee_id_value",
-    "payee_name",
-    "program",
-    "reference_id",
-    "sender_id",
-];
-const FA_KEYS: [&str; 3] = ["id", "provider", "scheme"];
-
-/// A map with `keys` bound to `()`: cloning it and filling its values in key order costs a
-/// fraction of building the map key by key (no key is made, compared or sorted again).
-fn template(keys: &[&str]) -> Map {
-    keys.iter().map(|k| ((*k).into(), Dynamic::UNIT)).collect()
-}
-
-static PAYMENT_TEMPLATE: std::sync::LazyLock<Map> =
-    std::sync::LazyLock::new(|| template(&PAYMENT_KEYS));
-static FA_TEMPLATE: std::sync::LazyLock<Map> = std::sync::LazyLock::new(|| template(&FA_KEYS));
-
-/// Clones `template` and sets its values, given in the template's (sorted) key order.
-fn filled<const N: usize>(template: &Map, values: [Dynamic; N]) -> Map {
+/// Clones the map `template` holds (made from the keys of `fields` on first use, with `()`
+/// values) and sets its values: cloning a prepared map costs a fraction of building one key
+/// by key, as no key is made, compared or sorted again. `fields` lists its keys sorted, as the
+/// map keeps them, so values fill their slots in order; that is checked when the template is
+/// made, and every key at every call in debug builds (the tests).
+fn filled<const N: usize>(template: &OnceLock<Map>, fields: [(&str, Dynamic); N]) -> Map {
+    let template = template.get_or_init(|| {
+        assert!(
+            fields.windows(2).all(|w| w[0].0 < w[1].0),
+            "template keys must be listed sorted and without repeats"
+        );
+        fields
+            .iter()
+            .map(|(k, _)| ((*k).into(), Dynamic::UNIT))
+            .collect()
+    });
     let mut map = template.clone();
-    debug_assert_eq!(map.len(), N);
-    for (slot, value) in map.values_mut().zip(values) {
+    for ((key, slot), (name, value)) in map.iter_mut().zip(fields) {
+        debug_assert_eq!(key.as_str(), name);
         *slot = value;
     }
     map
@@ -100,40 +79,54 @@ pub fn payment_map(p: &Payment) -> Map {
         .as_deref()
         .and_then(|s| FinancialAddress::parse(s).ok())
         .map_or(Dynamic::UNIT, |fa| {
+            static FA: OnceLock<Map> = OnceLock::new();
             shared(filled(
-                &FA_TEMPLATE,
-                [text(&fa.id), text(&fa.provider), text(&fa.scheme)],
+                &FA,
+                [
+                    ("id", text(&fa.id)),
+                    ("provider", text(&fa.provider)),
+                    ("scheme", text(&fa.scheme)),
+                ],
             ))
         });
     let sender = text(&p.sender_id);
     let currency = p.amount.currency();
-    // In the order of PAYMENT_KEYS.
+    static PAYMENT: OnceLock<Map> = OnceLock::new();
     filled(
-        &PAYMENT_TEMPLATE,
+        &PAYMENT,
         [
-            Dynamic::from_decimal(p.amount.to_decimal()),
-            Dynamic::from_int(p.amount.minor()),
-            Dynamic::from_int(p.attempts),
-            p.attributes
-                .as_ref()
-                .map_or_else(|| Dynamic::from_map(Map::new()), json_to_dynamic),
-            text(&p.batch_id),
-            text(currency.code()),
-            str_or_unit(p.dfsp.as_deref()),
-            str_or_unit(p.dfsp_ref.as_deref()),
-            fa,
-            text(&p.id),
-            str_or_unit(p.idempotency_key.as_deref()),
-            p.meta.as_ref().map_or(Dynamic::UNIT, json_to_dynamic),
-            Dynamic::from_int(i64::from(currency.minor_units())),
-            str_or_unit(p.note.as_deref()),
-            str_or_unit(p.payee_fa.as_deref()),
-            str_or_unit(p.payee_id_type.as_deref()),
-            str_or_unit(p.payee_id_value.as_deref()),
-            str_or_unit(p.payee_name.as_deref()),
-            sender.clone(),
-            text(&p.reference_id),
-            sender,
+            ("amount", Dynamic::from_decimal(p.amount.to_decimal())),
+            ("amount_minor", Dynamic::from_int(p.amount.minor())),
+            ("attempts", Dynamic::from_int(p.attempts)),
+            (
+                "attributes",
+                p.attributes
+                    .as_ref()
+                    .map_or_else(|| Dynamic::from_map(Map::new()), json_to_dynamic),
+            ),
+            ("batch_id", text(&p.batch_id)),
+            ("currency", text(currency.code())),
+            ("dfsp", str_or_unit(p.dfsp.as_deref())),
+            ("dfsp_ref", str_or_unit(p.dfsp_ref.as_deref())),
+            ("fa", fa),
+            ("id", text(&p.id)),
+            ("idempotency_key", str_or_unit(p.idempotency_key.as_deref())),
+            (
+                "meta",
+                p.meta.as_ref().map_or(Dynamic::UNIT, json_to_dynamic),
+            ),
+            (
+                "minor_units",
+                Dynamic::from_int(i64::from(currency.minor_units())),
+            ),
+            ("note", str_or_unit(p.note.as_deref())),
+            ("payee_fa", str_or_unit(p.payee_fa.as_deref())),
+            ("payee_id_type", str_or_unit(p.payee_id_type.as_deref())),
+            ("payee_id_value", str_or_unit(p.payee_id_value.as_deref())),
+            ("payee_name", str_or_unit(p.payee_name.as_deref())),
+            ("program", sender.clone()),
+            ("reference_id", text(&p.reference_id)),
+            ("sender_id", sender),
         ],
     )
 }
@@ -286,15 +279,42 @@ mod tests {
     }
 
     #[test]
-    fn templates_keep_their_keys_in_the_order_values_are_given() {
-        for keys in [&PAYMENT_KEYS[..], &FA_KEYS[..]] {
-            let map = template(keys);
-            let order: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
-            assert_eq!(
-                order, keys,
-                "keys must be listed sorted and without repeats"
-            );
-        }
+    fn payment_map_has_the_contracts_keys() {
+        let row = crate::store::NewPayment {
+            id: "p-1".into(),
+            reference_id: "ref-1".into(),
+            amount_minor: 1,
+            currency: "KES".into(),
+            ..Default::default()
+        };
+        let p = crate::ingest::received_payment(&row, "b", "s", 0).expect("payment");
+        let keys: Vec<String> = payment_map(&p).keys().map(|k| k.to_string()).collect();
+        assert_eq!(
+            keys,
+            [
+                "amount",
+                "amount_minor",
+                "attempts",
+                "attributes",
+                "batch_id",
+                "currency",
+                "dfsp",
+                "dfsp_ref",
+                "fa",
+                "id",
+                "idempotency_key",
+                "meta",
+                "minor_units",
+                "note",
+                "payee_fa",
+                "payee_id_type",
+                "payee_id_value",
+                "payee_name",
+                "program",
+                "reference_id",
+                "sender_id",
+            ]
+        );
     }
 
     #[test]
