@@ -76,6 +76,8 @@ struct Leases {
     /// Where the last claim of each kind stopped, so the next one goes on from there rather
     /// than reading again the payments still held: (status index, next_at, rowid).
     cursors: [Option<(usize, i64, i64)>; 2],
+    /// Size of `held` at which expired leases are next dropped.
+    prune_at: usize,
 }
 
 impl Leases {
@@ -86,8 +88,10 @@ impl Leases {
     /// Drops expired leases once the map has grown, so a payment nobody wrote back (its
     /// worker failed) costs memory only until its lease ends.
     fn prune(&mut self, now: i64) {
-        if self.held.len() > 1024 && self.held.len().is_power_of_two() {
+        if self.held.len() >= self.prune_at {
             self.held.retain(|_, until| *until > now);
+            // Twice what is left: pruning stays rare however many leases are live.
+            self.prune_at = (self.held.len() * 2).max(1024);
         }
     }
 }
@@ -979,7 +983,10 @@ impl Store for SqliteStore {
                 }
                 leases.prune(now);
             }
-            if !exhausted {
+            // Full, or a full page read: go on from the cursor (next claim or next page). Only a
+            // page read to its end moves on to the next status or the second pass; a claim that
+            // filled up mid-page leaves the rest of that page to the next claim.
+            if claimed.len() == limit || !exhausted {
                 continue;
             }
             if index + 1 < statuses.len() {

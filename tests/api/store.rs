@@ -105,3 +105,43 @@ async fn an_answer_that_lost_the_race_still_leaves_its_http_exchange_in_the_reco
     assert_eq!(attempts.len(), 1, "but the exchange is on record");
     assert_eq!(attempts[0].attempt.http_status, Some(202));
 }
+
+/// Claims hand each due payment to one claimer at a time, go on where the last one stopped,
+/// find again what a written change released or what a lapsed lease gave back.
+#[tokio::test]
+async fn claims_never_hand_out_a_held_payment() {
+    use pil::store::Claim;
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = store::open(&format!("sqlite:{}", dir.path().join("c.db").display()))
+        .await
+        .expect("store");
+    let rows: Vec<NewPayment> = (0..5).map(row).collect();
+    let batch = pil::ingest::new_batch("s", "b", &rows, 0);
+    store.insert_batch(&batch, &rows).await.expect("insert");
+    let now = pil::clock::now_ms();
+    let claim = |limit: i64, at: i64| {
+        let store = store.clone();
+        async move {
+            let got = store
+                .claim(Claim::Dispatch, at, limit, at + 60_000, "me")
+                .await
+                .expect("claim");
+            got.into_iter().map(|p| p.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(claim(2, now).await, ["p0", "p1"]);
+    assert_eq!(claim(2, now).await, ["p2", "p3"]);
+    // Past the end, the second pass from the start skips the four still held.
+    assert_eq!(claim(5, now).await, ["p4"]);
+    assert!(claim(5, now).await.is_empty(), "every payment is held");
+    // A written change ends its payment's lease (here it stays due, as a deferral would).
+    let writer = Writer::start(store.clone());
+    let keep = Change::at("p1", Status::Received).with(|f| f.lease_until = Some(0));
+    assert_eq!(
+        writer.apply(vec![keep]).await.expect("apply"),
+        [pil::store::Applied::Done]
+    );
+    assert_eq!(claim(5, now).await, ["p1"]);
+    // Once the leases lapse, the rest is due again.
+    assert_eq!(claim(5, now + 61_000).await, ["p0", "p1", "p2", "p3", "p4"]);
+}
