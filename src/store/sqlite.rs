@@ -13,7 +13,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Connection, Row, SqliteConnection};
 
 use super::{
     Applied, BatchInsert, BatchRecord, Claim, Lookup, NewBatch, NewPayment, StatusTotal, Store,
@@ -59,7 +59,10 @@ fn shaped_chunks<T>(items: &[T], max: usize) -> Vec<&[T]> {
 }
 
 pub struct SqliteStore {
-    writer: SqlitePool,
+    /// The one connection that writes, held here rather than in a pool: a pooled connection
+    /// goes back to its pool in a spawned task after each transaction, and the next group's
+    /// `BEGIN` waited for that task.
+    writer: tokio::sync::Mutex<SqliteConnection>,
     reader: SqlitePool,
     leases: std::sync::Mutex<Leases>,
 }
@@ -126,14 +129,8 @@ impl SqliteStore {
         {
             std::fs::create_dir_all(parent).map_err(|e| StoreError::Database(e.into()))?;
         }
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            // One embedded connection that is never dropped by a server: checking it before
-            // every group write was a round trip to its thread for nothing.
-            .test_before_acquire(false)
-            .connect_with(options.clone())
-            .await?;
-        MIGRATOR.run(&writer).await?;
+        let mut writer = SqliteConnection::connect_with(&options).await?;
+        MIGRATOR.run(&mut writer).await?;
         let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
@@ -158,7 +155,7 @@ impl SqliteStore {
             .connect_with(options.read_only(true).pragma("cache_size", "-8192"))
             .await?;
         Ok(SqliteStore {
-            writer,
+            writer: tokio::sync::Mutex::new(writer),
             reader,
             leases: Default::default(),
         })
@@ -421,7 +418,8 @@ impl Store for SqliteStore {
         batch: &NewBatch,
         payments: &[NewPayment],
     ) -> StoreResult<BatchInsert> {
-        let mut tx = self.writer.begin().await?;
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn.begin().await?;
         if let Some(existing) =
             Self::find_batch_in(&mut tx, &batch.sender_id, &batch.batch_id).await?
         {
@@ -653,7 +651,8 @@ impl Store for SqliteStore {
         cursor: Option<(&str, i64)>,
         now: i64,
     ) -> StoreResult<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn.begin().await?;
         for r in rows {
             sqlx::query(
                 "INSERT INTO outbox (sender_id, url, body, created_at, next_at) \
@@ -702,7 +701,7 @@ impl Store for SqliteStore {
         )
         .bind(id)
         .bind(now)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.lock().await)
         .await?;
         Ok(())
     }
@@ -714,7 +713,7 @@ impl Store for SqliteStore {
         .bind(id)
         .bind(next_at.unwrap_or(i64::MAX))
         .bind(error)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.lock().await)
         .await?;
         Ok(())
     }
@@ -731,7 +730,8 @@ impl Store for SqliteStore {
     }
 
     async fn directory_upsert(&self, entries: &[DirectoryEntry], now: i64) -> StoreResult<u64> {
-        let mut tx = self.writer.begin().await?;
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn.begin().await?;
         let mut written = 0;
         for chunk in shaped_chunks(entries, INSERT_CHUNK) {
             let sql = format!(
@@ -1004,51 +1004,29 @@ impl Store for SqliteStore {
     }
 
     async fn write(&self, group: &WriteGroup, now: i64) -> StoreResult<WriteResult> {
-        let mut tx = self.writer.begin().await?;
-        let mut callback_ids = Vec::with_capacity(group.callbacks.len());
-        for cb in &group.callbacks {
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO raw_callbacks (dfsp, method, path, headers, body, received_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            )
-            .bind(&cb.dfsp)
-            .bind(&cb.method)
-            .bind(&cb.path)
-            .bind(cb.headers.to_string())
-            .bind(&cb.body)
-            .bind(cb.received_at)
-            .fetch_one(&mut *tx)
-            .await?;
-            callback_ids.push(id);
-        }
-        let applied = apply_changes(&mut tx, &group.changes, now).await?;
-        for f in &group.finished {
-            sqlx::query(
-                "UPDATE raw_callbacks SET processed_at = $2, payment_id = $3, outcome = $4 \
-                 WHERE id = $1",
-            )
-            .bind(f.id)
-            .bind(now)
-            .bind(&f.payment_id)
-            .bind(&f.outcome)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        let mut conn = self.writer.lock().await;
+        // First optimistically, expecting every change to apply (the common case), which lets
+        // the UPDATEs skip returning the ids they moved. If one did not apply (it lost a race
+        // to a callback or a cancel), the transaction is rolled back and the group written
+        // again, learning which changes applied.
+        let result = match write_group(&mut conn, group, now, false).await? {
+            Some(result) => result,
+            None => write_group(&mut conn, group, now, true)
+                .await?
+                .ok_or_else(|| StoreError::Invariant("a careful group write gave up".into()))?,
+        };
         // Whatever a change says, the worker that claimed the payment is done with this step.
         let mut leases = self.leases_lock();
         for change in &group.changes {
             leases.held.remove(&change.payment_id);
         }
         drop(leases);
-        Ok(WriteResult {
-            callback_ids,
-            applied,
-        })
+        Ok(result)
     }
 
     async fn recover_sending(&self, now: i64, restarted_owner: Option<&str>) -> StoreResult<u64> {
-        let mut tx = self.writer.begin().await?;
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn.begin().await?;
         // Set-based: the history rows first (while the payments still read `sending`), then
         // the payments themselves; both select the same rows inside this transaction.
         sqlx::query(
@@ -1090,8 +1068,7 @@ impl Store for SqliteStore {
     }
 
     async fn audit_append(&self, entry: &NewAudit) -> StoreResult<i64> {
-        let mut conn = self.writer.acquire().await?;
-        insert_audit(&mut conn, entry).await
+        insert_audit(&mut *self.writer.lock().await, entry).await
     }
 
     async fn audit_page(&self, before: Option<i64>, limit: i64) -> StoreResult<Vec<AuditEntry>> {
@@ -1107,7 +1084,8 @@ impl Store for SqliteStore {
     }
 
     async fn record_script_changes(&self, changes: &[ScriptChange]) -> StoreResult<Vec<i64>> {
-        let mut tx = self.writer.begin().await?;
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn.begin().await?;
         let mut ids = Vec::with_capacity(changes.len());
         for c in changes {
             if let Some(baseline) = &c.baseline {
@@ -1169,7 +1147,8 @@ impl Store for SqliteStore {
     }
 
     async fn hold_batch(&self, batch_id: &str, hold: bool, now: i64) -> StoreResult<Option<u64>> {
-        let mut tx = self.writer.begin().await?;
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn.begin().await?;
         let found = sqlx::query("UPDATE batches SET held = $2 WHERE id = $1")
             .bind(batch_id)
             .bind(hold)
@@ -1211,7 +1190,7 @@ impl Store for SqliteStore {
         } else {
             sqlx::query("DELETE FROM dfsp_pauses WHERE dfsp = $1").bind(dfsp)
         };
-        q.execute(&self.writer).await?;
+        q.execute(&mut *self.writer.lock().await).await?;
         Ok(())
     }
 
@@ -1244,11 +1223,84 @@ impl Store for SqliteStore {
 }
 
 /// Applies changes inside `tx`; see [`Store::write`].
+/// One transaction writing a group. `None` (and nothing written) when not `careful` and some
+/// change did not apply; see [`apply_changes`].
+async fn write_group(
+    conn: &mut SqliteConnection,
+    group: &WriteGroup,
+    now: i64,
+    careful: bool,
+) -> StoreResult<Option<WriteResult>> {
+    let mut tx = conn.begin().await?;
+    let mut callback_ids = Vec::with_capacity(group.callbacks.len());
+    for cb in &group.callbacks {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO raw_callbacks (dfsp, method, path, headers, body, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(&cb.dfsp)
+        .bind(&cb.method)
+        .bind(&cb.path)
+        .bind(cb.headers.to_string())
+        .bind(&cb.body)
+        .bind(cb.received_at)
+        .fetch_one(&mut *tx)
+        .await?;
+        callback_ids.push(id);
+    }
+    let Some(applied) = apply_changes(&mut tx, &group.changes, now, careful).await? else {
+        return Ok(None);
+    };
+    for f in &group.finished {
+        sqlx::query(
+            "UPDATE raw_callbacks SET processed_at = $2, payment_id = $3, outcome = $4 \
+             WHERE id = $1",
+        )
+        .bind(f.id)
+        .bind(now)
+        .bind(&f.payment_id)
+        .bind(&f.outcome)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Some(WriteResult {
+        callback_ids,
+        applied,
+    }))
+}
+
+/// Rows in the statement that carries a chunk of `rows` group-write rows: the next power of
+/// two, so that a chunk of any size is one statement (with NULL padding rows, see [`pad`]) of
+/// one of a few shapes, and each shape's text is built and prepared once. One statement per
+/// chunk matters because every statement is a round trip to the connection's thread.
+fn padded(rows: usize) -> usize {
+    rows.next_power_of_two()
+}
+
+/// Binds the NULL padding rows of a chunk of `rows` rows with `cols` columns each; the grouped
+/// statements skip rows whose first column is NULL.
+fn pad<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    rows: usize,
+    cols: usize,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    for _ in 0..(padded(rows) - rows) * cols {
+        q = q.bind(None::<&str>);
+    }
+    q
+}
+
+/// Applies each change whose payment is still in its expected status, with its history rows.
+/// `careful`: each UPDATE returns the ids it moved, so a change that lost a race is told
+/// `Stale`. Otherwise UPDATEs only count their rows, and the first shortfall returns `None`
+/// with the transaction to be rolled back.
 async fn apply_changes(
     conn: &mut sqlx::SqliteConnection,
     changes: &[Change],
     now: i64,
-) -> StoreResult<Vec<Applied>> {
+    careful: bool,
+) -> StoreResult<Option<Vec<Applied>>> {
     {
         let mut out = vec![Applied::Stale; changes.len()];
         // One UPDATE … FROM (VALUES …) per chunk instead of one statement per payment. A
@@ -1260,10 +1312,13 @@ async fn apply_changes(
             let (round, later): (Vec<usize>, Vec<usize>) = pending
                 .into_iter()
                 .partition(|&i| seen.insert(changes[i].payment_id.as_str()));
-            for chunk in shaped_chunks(&round, UPDATE_CHUNK) {
+            for chunk in round.chunks(UPDATE_CHUNK) {
                 static SHAPES: [std::sync::OnceLock<String>; 16] =
                     [const { std::sync::OnceLock::new() }; 16];
-                let sql = grouped_sql(&SHAPES, chunk.len(), |rows| {
+                static RETURNING_SHAPES: [std::sync::OnceLock<String>; 16] =
+                    [const { std::sync::OnceLock::new() }; 16];
+                let shapes = if careful { &RETURNING_SHAPES } else { &SHAPES };
+                let sql = grouped_sql(shapes, padded(chunk.len()), |rows| {
                     format!(
                         "UPDATE payments SET status = v.column1, updated_at = v.column2, \
                      dfsp = CASE WHEN v.column3 THEN v.column4 ELSE payments.dfsp END, \
@@ -1281,12 +1336,16 @@ async fn apply_changes(
                      polls = payments.polls + v.column16, \
                      lease_owner = COALESCE(v.column19, payments.lease_owner) \
                      FROM (VALUES {}) AS v \
-                     WHERE payments.id = v.column17 AND payments.status = v.column18 \
-                     RETURNING payments.id",
-                        placeholders(rows, 19)
+                     WHERE payments.id = v.column17 AND payments.status = v.column18{}",
+                        placeholders(rows, 19),
+                        if careful {
+                            " RETURNING payments.id"
+                        } else {
+                            ""
+                        }
                     )
                 });
-                let mut q = sqlx::query(AssertSqlSafe(sql));
+                let mut q = sqlx::query(sql);
                 for &i in chunk {
                     let change = &changes[i];
                     let f = &change.fields;
@@ -1314,6 +1373,17 @@ async fn apply_changes(
                         .bind(change.payment_id.as_str())
                         .bind(change.expect.as_str())
                         .bind(f.lease_owner.as_deref());
+                }
+                // Padding rows match no payment: their id is NULL.
+                q = pad(q, chunk.len(), 19);
+                if !careful {
+                    if q.execute(&mut *conn).await?.rows_affected() != chunk.len() as u64 {
+                        return Ok(None);
+                    }
+                    for &i in chunk {
+                        out[i] = Applied::Done;
+                    }
+                    continue;
                 }
                 let done: std::collections::HashSet<String> = q
                     .fetch_all(&mut *conn)
@@ -1347,17 +1417,18 @@ async fn apply_changes(
             }
         }
         // History rows of the whole group in a few multi-row statements.
-        for chunk in shaped_chunks(&events, INSERT_CHUNK) {
+        for chunk in events.chunks(INSERT_CHUNK) {
             static SHAPES: [std::sync::OnceLock<String>; 16] =
                 [const { std::sync::OnceLock::new() }; 16];
-            let sql = grouped_sql(&SHAPES, chunk.len(), |rows| {
+            let sql = grouped_sql(&SHAPES, padded(chunk.len()), |rows| {
                 format!(
                     "INSERT INTO payment_events (payment_id, at, from_status, to_status, \
-                     reason_code, detail, route_version, adapter_version) VALUES {}",
+                     reason_code, detail, route_version, adapter_version) \
+                     SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL",
                     placeholders(rows, 8)
                 )
             });
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+            let mut q = sqlx::query(sql);
             for (id, e) in chunk {
                 q = q
                     .bind(*id)
@@ -1369,19 +1440,21 @@ async fn apply_changes(
                     .bind(&e.route_version)
                     .bind(&e.adapter_version);
             }
+            q = pad(q, chunk.len(), 8);
             q.execute(&mut *conn).await?;
         }
-        for chunk in shaped_chunks(&attempts, INSERT_CHUNK) {
+        for chunk in attempts.chunks(INSERT_CHUNK) {
             static SHAPES: [std::sync::OnceLock<String>; 16] =
                 [const { std::sync::OnceLock::new() }; 16];
-            let sql = grouped_sql(&SHAPES, chunk.len(), |rows| {
+            let sql = grouped_sql(&SHAPES, padded(chunk.len()), |rows| {
                 format!(
                     "INSERT INTO dispatch_attempts (payment_id, dfsp, kind, idempotency_key, \
-                     method, url, started_at, finished_at, http_status, outcome, error) VALUES {}",
+                     method, url, started_at, finished_at, http_status, outcome, error) \
+                     SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL",
                     placeholders(rows, 11)
                 )
             });
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+            let mut q = sqlx::query(sql);
             for (id, a) in chunk {
                 q = q
                     .bind(*id)
@@ -1396,9 +1469,10 @@ async fn apply_changes(
                     .bind(&a.outcome)
                     .bind(&a.error);
             }
+            q = pad(q, chunk.len(), 11);
             q.execute(&mut *conn).await?;
         }
-        Ok(out)
+        Ok(Some(out))
     }
 }
 

@@ -145,3 +145,63 @@ async fn claims_never_hand_out_a_held_payment() {
     // Once the leases lapse, the rest is due again.
     assert_eq!(claim(5, now + 61_000).await, ["p0", "p1", "p2", "p3", "p4"]);
 }
+
+/// Grouped statements are padded to a few shapes: a group of any size writes exactly its own
+/// rows (no padding row lands anywhere), and a group with one stale change is written again
+/// carefully without doubling anything of the first try.
+#[tokio::test]
+async fn odd_sized_groups_write_exactly_their_rows() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = store::open(&format!("sqlite:{}", dir.path().join("o.db").display()))
+        .await
+        .expect("store");
+    let rows: Vec<NewPayment> = (0..7).map(row).collect();
+    let batch = pil::ingest::new_batch("s", "b", &rows, 0);
+    store.insert_batch(&batch, &rows).await.expect("insert");
+    let writer = Writer::start(store.clone());
+    let attempt = |i: usize| pil::payment::Attempt {
+        dfsp: "mtn-momo".into(),
+        kind: "submit",
+        idempotency_key: Some(format!("k{i}")),
+        method: "POST".into(),
+        url: "http://dfsp/transfer".into(),
+        started_at: 1,
+        finished_at: 2,
+        http_status: Some(400),
+        outcome: "failed".into(),
+        error: None,
+    };
+    // Five changes, three with an exchange on record: no statement has a power-of-two rows.
+    let changes: Vec<Change> = (0..5)
+        .map(|i| {
+            let c = cancel(&format!("p{i}"));
+            if i < 3 { c.with_attempt(attempt(i)) } else { c }
+        })
+        .collect();
+    use pil::store::Applied::{Done, Stale};
+    assert_eq!(writer.apply(changes).await.expect("apply"), vec![Done; 5]);
+    // Then three more, the middle one stale (p4 is cancelled already).
+    let again = vec![
+        cancel("p5"),
+        cancel("p4"),
+        cancel("p6").with_attempt(attempt(6)),
+    ];
+    assert_eq!(
+        writer.apply(again).await.expect("apply"),
+        vec![Done, Stale, Done]
+    );
+    for i in 0..7 {
+        let id = format!("p{i}");
+        let p = store.get_payment(&id).await.expect("get").expect("payment");
+        assert_eq!(p.status, Status::Cancelled, "{id}");
+        let events = store.payment_events(&id).await.expect("events");
+        let cancels = events
+            .iter()
+            .filter(|e| e.event.to == Status::Cancelled)
+            .count();
+        assert_eq!(cancels, 1, "{id}: one cancel event");
+        let attempts = store.payment_attempts(&id).await.expect("attempts");
+        let expected = usize::from(i < 3 || i == 6);
+        assert_eq!(attempts.len(), expected, "{id}: its exchanges only");
+    }
+}
