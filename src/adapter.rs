@@ -63,6 +63,9 @@ struct RawAdapterConfig {
     connect_timeout_ms: u64,
     #[serde(default = "default_max_in_flight")]
     max_in_flight: usize,
+    /// Requests marked `sending` that may wait for an in-flight slot (none: 8 × max_in_flight).
+    #[serde(default)]
+    max_staged: Option<usize>,
     /// Most requests started per second (none: no limit).
     #[serde(default)]
     rate_per_second: Option<u32>,
@@ -135,6 +138,13 @@ fn default_connect_timeout_ms() -> u64 {
 fn default_max_in_flight() -> usize {
     64
 }
+/// Default `max_staged` per in-flight slot. A `sending` commit waits for the single writer's
+/// transaction under way and its own (several milliseconds under load), while an exchange with
+/// a fast DFSP takes about one. At 32 in flight the load bench moved 4,800 payments/s with 1
+/// staged request per slot, 7,500 with 2, 9,300 with 4, 10,800 with 8 and 10,700–12,300 with
+/// 16. The price: after a crash, staged requests are `unknown` like those in flight, which for
+/// a DFSP that cannot be asked about a payment means an operator's look.
+const STAGED_PER_SLOT: usize = 8;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,6 +253,10 @@ pub struct AdapterConfig {
     pub timeout_ms: u64,
     pub connect_timeout_ms: u64,
     pub max_in_flight: usize,
+    /// Requests committed as `sending` that may wait for a slot among `max_in_flight`: they
+    /// keep the slots busy while PIL's own commits queue, and after a crash they are `unknown`
+    /// (looked up, never resent blindly) like the requests in flight.
+    pub max_staged: usize,
     /// Most requests started per second; `None`: no limit.
     pub rate_per_second: Option<u32>,
     pub dedupes_on_idempotency_key: bool,
@@ -402,6 +416,11 @@ impl AdapterConfig {
         if raw.max_in_flight == 0 {
             return Err(invalid("max_in_flight must be at least 1".into()));
         }
+        if raw.max_staged == Some(0) {
+            return Err(invalid(
+                "max_staged must be at least 1 (leave it out for 8 × max_in_flight)".into(),
+            ));
+        }
         let mut config = AdapterConfig {
             fingerprint: String::new(),
             name: raw.name.clone().unwrap_or_else(|| raw.id.clone()),
@@ -410,6 +429,9 @@ impl AdapterConfig {
             timeout_ms: raw.timeout_ms,
             connect_timeout_ms: raw.connect_timeout_ms,
             max_in_flight: raw.max_in_flight,
+            max_staged: raw
+                .max_staged
+                .unwrap_or(raw.max_in_flight.saturating_mul(STAGED_PER_SLOT)),
             rate_per_second: raw.rate_per_second,
             dedupes_on_idempotency_key: raw.dedupes_on_idempotency_key,
             auth,

@@ -2,12 +2,13 @@
 //! received → routed → sending → accepted | succeeded | failed | unknown.
 //!
 //! The order is what keeps money safe: routing and mapping run first (script errors fail only
-//! their payment); then each payment waits for one of its DFSP's in-flight slots, and
-//! `sending` (with the routing decision) is committed for the payments holding a slot, grouped;
-//! only payments whose `sending` mark committed are sent; each answer is parsed and committed
-//! as it arrives (grouped with whatever else finished). A send that may have reached the DFSP
-//! and got no answer becomes `unknown`, never a resend. This module does not poll or take
-//! callbacks.
+//! their payment); then each payment waits for a place among its DFSP's staged requests (at
+//! most `max_staged` of them), and `sending` (with the routing decision) is committed for
+//! the staged payments, grouped; only payments whose `sending` mark committed are sent, each as
+//! soon as one of its DFSP's in-flight slots frees up, so a slot is never held during a
+//! database commit; each answer is parsed and committed as it arrives (grouped with whatever
+//! else finished). A send that may have reached the DFSP and got no answer becomes `unknown`,
+//! never a resend. This module does not poll or take callbacks.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -538,10 +539,11 @@ fn settle(
         .ok()
 }
 
-/// Sends a group: each request waits for a slot among its DFSP's requests in flight, then
+/// Sends a group: each request waits for a place among its DFSP's staged requests, then
 /// `sending` is committed for the payments of the requests that got one (grouped), then each
-/// request leaves in its own task; answers are committed as they arrive, grouped with whatever
-/// else finished. A bulk request counts as one request in flight.
+/// request waits for a slot among its DFSP's requests in flight and leaves in its own task;
+/// answers are committed as they arrive, grouped with whatever else finished. A bulk request
+/// counts as one request.
 async fn send_all(
     writer: Writer,
     engine: Arc<rhai::Engine>,
@@ -554,8 +556,8 @@ async fn send_all(
     for s in group {
         let tx = ready_tx.clone();
         tokio::spawn(async move {
-            if let Some(slot) = s.client.acquire().await {
-                let _ = tx.send((s, slot));
+            if let Some(staged) = s.client.stage().await {
+                let _ = tx.send((s, staged));
             }
         });
     }
@@ -572,7 +574,7 @@ async fn send_all(
         let now = now_ms();
         let mut changes = Vec::new();
         let mut going = Vec::with_capacity(ready.len());
-        for (mut s, slot) in ready {
+        for (mut s, staged) in ready {
             let key = s.key.clone();
             s.payments.retain(
                 |(p, _)| match sending_change(p, &key, now + lease_ms, &owner) {
@@ -586,9 +588,9 @@ async fn send_all(
                     }
                 },
             );
-            going.push((s, slot));
+            going.push((s, staged));
         }
-        let mut applied = match writer.apply(changes).await {
+        let mut applied = match writer.apply_urgent(changes).await {
             Ok(applied) => applied.into_iter(),
             Err(e) => {
                 // Nothing was marked `sending`, so nothing leaves; the claim lease brings the
@@ -597,7 +599,7 @@ async fn send_all(
                 continue;
             }
         };
-        for (mut s, slot) in going {
+        for (mut s, staged) in going {
             let before = s.payments.len();
             // Cancelled or taken by someone else meanwhile: not sent.
             s.payments
@@ -621,6 +623,12 @@ async fn send_all(
             }
             let tx = done_tx.clone();
             tokio::spawn(async move {
+                let Some(slot) = s.client.acquire().await else {
+                    let sent = Sent::NotSent("executor is shutting down".into());
+                    let _ = tx.send((s, sent, now, now_ms()));
+                    return;
+                };
+                drop(staged);
                 let started = now_ms();
                 let sent = s.client.send_permitted(&s.request).await;
                 drop(slot);

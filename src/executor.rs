@@ -85,6 +85,8 @@ pub struct DfspClient {
     config: AdapterConfig,
     http: reqwest::Client,
     in_flight: Arc<Semaphore>,
+    /// Requests marked `sending` that wait for a slot in `in_flight` (see [`DfspClient::stage`]).
+    staged: Arc<Semaphore>,
     token: Mutex<Option<CachedToken>>,
     failures: std::sync::atomic::AtomicU32,
     open_until: std::sync::atomic::AtomicI64,
@@ -151,6 +153,7 @@ impl DfspClient {
             })?;
         Ok(DfspClient {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            staged: Arc::new(Semaphore::new(config.max_staged)),
             config,
             http,
             token: Mutex::new(None),
@@ -255,11 +258,19 @@ impl DfspClient {
         self.send_permitted(req).await
     }
 
-    /// A slot among this DFSP's requests in flight. The dispatcher takes it before it commits
-    /// `sending`, so a payment marked `sending` is one whose request is really about to leave
-    /// (and not one queued here, which a crash would otherwise turn into `unknown`).
-    /// With `rate_per_second`, it also waits for the request's turn: starts are spaced evenly,
-    /// before `sending` is committed, so a request waiting for its turn is not yet `sending`.
+    /// A place among the requests about to leave for this DFSP, taken before `sending` is
+    /// committed and held until the request has its slot from [`DfspClient::acquire`]. This
+    /// lets the next requests' `sending` commit overlap the requests in flight (a slot is then
+    /// held for the HTTP exchange only, not for a database commit too), while bounding what a
+    /// crash can strand: at most `max_staged` requests per DFSP are marked `sending` and not
+    /// yet on the wire, and like the ones in flight they become `unknown` and are looked up,
+    /// never resent blindly.
+    pub async fn stage(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.staged.clone().acquire_owned().await.ok()
+    }
+
+    /// A slot among this DFSP's requests in flight. With `rate_per_second`, it also waits for
+    /// the request's turn: starts are spaced evenly.
     pub async fn acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let permit = self.in_flight.clone().acquire_owned().await.ok()?;
         if let Some(rate) = self.config.rate_per_second {
