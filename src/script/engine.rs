@@ -171,6 +171,33 @@ fn register_helpers(e: &mut Engine) {
     });
     e.register_fn("xml_list", super::xml::list);
     e.register_fn("url_encode", |s: &str| url_encode(s));
+    // Reads in place (its first argument by reference): a script helper doing the same walk
+    // took the value by copy at every step, copying a whole DFSP response several times.
+    e.register_fn("dig", |value: &mut Dynamic, path: &str| dig(value, path));
+}
+
+/// `dig(value, "a.b.0.c")`: what lies at that path of map keys and array indexes, or `()` if a
+/// step is missing or leads into something that is neither.
+fn dig(value: &Dynamic, path: &str) -> Dynamic {
+    let (head, rest) = match path.split_once('.') {
+        Some((head, rest)) => (head, Some(rest)),
+        None => (path, None),
+    };
+    let step = |child: &Dynamic| match rest {
+        Some(rest) => dig(child, rest),
+        None => child.clone(),
+    };
+    if let Some(map) = value.read_lock::<rhai::Map>() {
+        return map.get(head).map_or(Dynamic::UNIT, step);
+    }
+    if let Some(list) = value.read_lock::<rhai::Array>() {
+        return head
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| list.get(i))
+            .map_or(Dynamic::UNIT, step);
+    }
+    Dynamic::UNIT
 }
 
 fn hmac(key: &str, msg: &str) -> HelperResult<Vec<u8>> {
@@ -214,6 +241,39 @@ mod tests {
     fn eval(script: &str) -> Result<Dynamic, Box<EvalAltResult>> {
         let engine = build();
         with_deadline(|| engine.eval::<Dynamic>(script))
+    }
+
+    #[test]
+    fn dig_walks_maps_and_arrays_and_gives_unit_for_what_is_not_there() {
+        let body = r#"let b = #{ a: #{ list: [#{ x: "deep" }, 2] }, s: "text" }; "#;
+        let dig = |path: &str| {
+            eval(&format!("{body} dig(b, \"{path}\")"))
+                .expect("eval")
+                .to_string()
+        };
+        assert_eq!(dig("a.list.0.x"), "deep");
+        assert_eq!(dig("a.list.1"), "2");
+        for missing in ["a.nope", "a.list.2", "a.list.x", "s.more", "", "a..list"] {
+            assert_eq!(dig(missing), "", "{missing}");
+        }
+        // In place, also through a value shared with PIL (the payment map is).
+        let engine = build();
+        let ast = engine
+            .compile("fn f(p) { dig(p, \"fa.id\") }")
+            .expect("compile");
+        let mut fa = rhai::Map::new();
+        fa.insert("id".into(), "2567".into());
+        let mut p = rhai::Map::new();
+        p.insert("fa".into(), Dynamic::from_map(fa));
+        let got: String = engine
+            .call_fn(
+                &mut rhai::Scope::new(),
+                &ast,
+                "f",
+                (crate::script::convert::shared(p),),
+            )
+            .expect("call");
+        assert_eq!(got, "2567");
     }
 
     #[test]
