@@ -534,6 +534,18 @@ password = "${PIL_TEST_SURELY_UNSET:-hunter2-secret}"
             .expect("minimal config");
         assert!(matches!(cfg.auth, Auth::None));
         assert_eq!(cfg.max_in_flight, 64);
+        assert_eq!(cfg.max_staged, 8 * 64);
+    }
+
+    #[test]
+    fn max_staged_is_set_or_refused_when_zero() {
+        let base = "id = \"x\"\nbase_url = \"http://h\"\nmax_in_flight = 4\n";
+        let cfg =
+            AdapterConfig::parse("a.toml", &format!("{base}max_staged = 3\n")).expect("config");
+        assert_eq!((cfg.max_in_flight, cfg.max_staged), (4, 3));
+        let err = AdapterConfig::parse("a.toml", &format!("{base}max_staged = 0\n"))
+            .expect_err("zero staged");
+        assert!(err.to_string().contains("max_staged"), "{err}");
     }
 
     #[test]

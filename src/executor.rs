@@ -239,6 +239,12 @@ impl DfspClient {
         self.config.max_in_flight - self.in_flight.available_permits()
     }
 
+    /// Requests holding a place from [`DfspClient::stage`]: marked or being marked `sending`,
+    /// not yet holding a slot.
+    pub fn staged(&self) -> usize {
+        self.config.max_staged - self.staged.available_permits()
+    }
+
     pub fn url_for(&self, path: &str) -> String {
         if path.starts_with("http://") || path.starts_with("https://") {
             path.to_string()

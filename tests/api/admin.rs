@@ -1029,6 +1029,12 @@ async fn operators_pause_resume_and_cancel_and_only_operators() {
         .clone();
     assert_eq!(mtn["paused"], false);
     assert_eq!(mtn["circuit"], "closed");
+    // adapter.toml sets 32 in flight and no max_staged: 8 staged per slot.
+    assert_eq!(
+        (&mtn["max_in_flight"], &mtn["max_staged"]),
+        (&json!(32), &json!(256))
+    );
+    assert_eq!(mtn["staged"], 0);
     assert!(mtn["health"]["recent_error_rate"].is_number(), "{mtn}");
     assert_eq!(
         call(&app, Method::GET, "/admin/dfsps", None, None).await.0,

@@ -31,6 +31,9 @@ pub struct DfspView {
     pub circuit: String,
     pub in_flight: usize,
     pub max_in_flight: usize,
+    /// Requests marked `sending` and waiting for an in-flight slot.
+    pub staged: usize,
+    pub max_staged: usize,
     pub rate_per_second: Option<u32>,
     pub health: Health,
 }
@@ -55,6 +58,8 @@ fn views(state: &AppState) -> Vec<DfspView> {
             circuit: c.circuit(now).as_str().into(),
             in_flight: c.in_flight(),
             max_in_flight: a.config.max_in_flight,
+            staged: c.staged(),
+            max_staged: a.config.max_staged,
             rate_per_second: a.config.rate_per_second,
             health: c.health(),
         })
