@@ -112,6 +112,7 @@ async fn app(dir: &std::path::Path, sim_url: &str, dispatch: bool) -> Applicatio
 }
 
 fn main() {
+    pil::startup::disable_transparent_huge_pages();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

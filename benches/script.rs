@@ -367,6 +367,7 @@ fn measure(name: &str, n: usize, f: impl Fn() -> usize) -> f64 {
 }
 
 fn main() {
+    pil::startup::disable_transparent_huge_pages();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let bundle = Bundle::load(
         Arc::new(engine::build()),

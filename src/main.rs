@@ -112,6 +112,7 @@ fn init_tracing(filter: &str) {
 }
 
 fn main() -> ExitCode {
+    pil::startup::disable_transparent_huge_pages();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -26,6 +26,19 @@ pub struct Application {
 }
 
 /// Loads and checks all scripts with the one engine set-up.
+/// Asks Linux not to back this process's memory with transparent huge pages. Where THP is
+/// `always` (as on the development machine), the allocator's regions are faulted in 2 MiB at a
+/// time, so sparsely used memory counts in full: the load bench's peak RSS was 200–210 MB with
+/// THP and 165–170 MB without, at the same throughput. Databases embedded in long-running
+/// servers are commonly run this way for the same reason.
+pub fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes no pointers; it only sets a flag on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 pub fn load_live(settings: &Settings) -> anyhow::Result<Live> {
     let engine = Arc::new(engine::build());
     let bundle = Bundle::load(engine, &settings.rules_dir, &settings.adapters_dir)

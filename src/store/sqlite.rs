@@ -115,7 +115,7 @@ impl SqliteStore {
             .foreign_keys(true)
             // A large batch touches many index pages in one transaction; the default 2 MB
             // page cache would spill them to disk mid-transaction.
-            .pragma("cache_size", "-65536")
+            .pragma("cache_size", "-32768")
             .pragma("temp_store", "memory")
             // Rows cross from the connection's thread to the async side through a bounded
             // channel; with sqlx's default of 50 the thread stalls mid-statement until each
