@@ -19,6 +19,32 @@ fn row(i: usize) -> NewPayment {
     }
 }
 
+/// A store in `dir` holding one batch of payments p0..p{n-1}, all `received`.
+async fn store_with(dir: &std::path::Path, n: usize) -> std::sync::Arc<dyn store::Store> {
+    let store = store::open(&format!("sqlite:{}", dir.join("s.db").display()))
+        .await
+        .expect("store");
+    let rows: Vec<NewPayment> = (0..n).map(row).collect();
+    let batch = pil::ingest::new_batch("s", "b", &rows, 0);
+    store.insert_batch(&batch, &rows).await.expect("insert");
+    store
+}
+
+fn attempt(key: &str, http_status: i64, outcome: &str) -> pil::payment::Attempt {
+    pil::payment::Attempt {
+        dfsp: "mtn-momo".into(),
+        kind: "submit",
+        idempotency_key: Some(key.into()),
+        method: "POST".into(),
+        url: "http://dfsp/transfer".into(),
+        started_at: 1,
+        finished_at: 2,
+        http_status: Some(http_status),
+        outcome: outcome.into(),
+        error: None,
+    }
+}
+
 fn cancel(id: &str) -> Change {
     Change::at(id, Status::Received)
         .step(Status::Cancelled, Some("cancelled"), None)
@@ -71,25 +97,9 @@ async fn merged_jobs_get_their_own_results() {
 #[tokio::test]
 async fn an_answer_that_lost_the_race_still_leaves_its_http_exchange_in_the_record() {
     let dir = tempfile::tempdir().expect("tmp");
-    let store = store::open(&format!("sqlite:{}", dir.path().join("a.db").display()))
-        .await
-        .expect("store");
-    let rows: Vec<NewPayment> = (0..1).map(row).collect();
-    let batch = pil::ingest::new_batch("s", "b", &rows, 0);
-    store.insert_batch(&batch, &rows).await.expect("insert");
+    let store = store_with(dir.path(), 1).await;
     let writer = Writer::start(store.clone());
-    let attempt = pil::payment::Attempt {
-        dfsp: "mtn-momo".into(),
-        kind: "submit",
-        idempotency_key: Some("k".into()),
-        method: "POST".into(),
-        url: "http://dfsp/transfer".into(),
-        started_at: 1,
-        finished_at: 2,
-        http_status: Some(202),
-        outcome: "accepted".into(),
-        error: None,
-    };
+    let attempt = attempt("k", 202, "accepted");
     // Expects `sending`, but the payment is still `received`: the change is stale.
     let late = Change::at("p0", Status::Sending)
         .step(Status::Accepted, Some("accepted"), None)
@@ -112,12 +122,7 @@ async fn an_answer_that_lost_the_race_still_leaves_its_http_exchange_in_the_reco
 async fn claims_never_hand_out_a_held_payment() {
     use pil::store::Claim;
     let dir = tempfile::tempdir().expect("tmp");
-    let store = store::open(&format!("sqlite:{}", dir.path().join("c.db").display()))
-        .await
-        .expect("store");
-    let rows: Vec<NewPayment> = (0..5).map(row).collect();
-    let batch = pil::ingest::new_batch("s", "b", &rows, 0);
-    store.insert_batch(&batch, &rows).await.expect("insert");
+    let store = store_with(dir.path(), 5).await;
     let now = pil::clock::now_ms();
     let claim = |limit: i64, at: i64| {
         let store = store.clone();
@@ -152,25 +157,9 @@ async fn claims_never_hand_out_a_held_payment() {
 #[tokio::test]
 async fn odd_sized_groups_write_exactly_their_rows() {
     let dir = tempfile::tempdir().expect("tmp");
-    let store = store::open(&format!("sqlite:{}", dir.path().join("o.db").display()))
-        .await
-        .expect("store");
-    let rows: Vec<NewPayment> = (0..7).map(row).collect();
-    let batch = pil::ingest::new_batch("s", "b", &rows, 0);
-    store.insert_batch(&batch, &rows).await.expect("insert");
+    let store = store_with(dir.path(), 7).await;
     let writer = Writer::start(store.clone());
-    let attempt = |i: usize| pil::payment::Attempt {
-        dfsp: "mtn-momo".into(),
-        kind: "submit",
-        idempotency_key: Some(format!("k{i}")),
-        method: "POST".into(),
-        url: "http://dfsp/transfer".into(),
-        started_at: 1,
-        finished_at: 2,
-        http_status: Some(400),
-        outcome: "failed".into(),
-        error: None,
-    };
+    let attempt = |i: usize| attempt(&format!("k{i}"), 400, "failed");
     // Five changes, three with an exchange on record: no statement has a power-of-two rows.
     let changes: Vec<Change> = (0..5)
         .map(|i| {
