@@ -328,9 +328,10 @@ fn placeholders(rows: usize, cols: usize) -> String {
     vec![row; rows].join(",")
 }
 
-/// The text of a grouped statement with `rows` rows (a power of two, see [`shaped_chunks`]),
-/// built once per shape: the group writes are on the single writer's path, and building and
-/// hashing a 20 KB statement text for every chunk was a part of it.
+/// The text of a grouped statement with `rows` rows (a power of two, see [`padded`]), built
+/// once per shape and handed to sqlx as `&'static str` (which it keeps without copying): the
+/// group writes are on the single writer's path, and building a 20 KB text for every chunk was
+/// a part of it.
 fn grouped_sql(
     shapes: &'static [std::sync::OnceLock<String>; 16],
     rows: usize,
