@@ -467,14 +467,15 @@ impl Writer {
 
     /// Merges waiting jobs into groups and writes each group in one transaction, until every
     /// `Writer` is dropped. Urgent jobs (`sending` marks, which requests wait for) go first, in
-    /// a transaction of their own; the others in groups of at most [`MAX_GROUP`] items, so an
-    /// urgent job never waits long behind them.
+    /// a transaction of their own, alternating with the others, which go in groups of at most
+    /// [`MAX_GROUP`] items so that an urgent job never waits long behind them.
     async fn run(store: std::sync::Arc<dyn Store>, mut rx: tokio::sync::mpsc::Receiver<WriteJob>) {
         let mut backlog: std::collections::VecDeque<WriteJob> = Default::default();
         let mut urgent: Vec<WriteJob> = Vec::new();
+        let mut urgent_last = false;
         let mut open = true;
         loop {
-            if backlog.is_empty() && open {
+            if backlog.is_empty() && urgent.is_empty() && open {
                 match rx.recv().await {
                     Some(job) => Self::sort(job, &mut urgent, &mut backlog),
                     None => open = false,
@@ -487,10 +488,14 @@ impl Writer {
                     Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => open = false,
                 }
             }
-            if !urgent.is_empty() {
+            // Urgent first, but never twice in a row while other work waits: callbacks, polls
+            // and answers must not starve behind a steady stream of sends.
+            if !urgent.is_empty() && (!urgent_last || backlog.is_empty()) {
                 Self::write_jobs(&store, std::mem::take(&mut urgent)).await;
+                urgent_last = true;
                 continue;
             }
+            urgent_last = false;
             if backlog.is_empty() {
                 if open {
                     continue;
