@@ -567,15 +567,7 @@ impl Writer {
 
     /// Applies `sending` marks durably, ahead of other waiting writes.
     pub async fn apply_urgent(&self, changes: Vec<Change>) -> Result<Vec<Applied>, String> {
-        self.send(
-            WriteGroup {
-                changes,
-                ..WriteGroup::default()
-            },
-            true,
-        )
-        .await
-        .map(|r| r.applied)
+        self.apply_as(changes, true).await
     }
 
     async fn send(&self, group: WriteGroup, urgent: bool) -> Result<WriteResult, String> {
@@ -596,12 +588,15 @@ impl Writer {
 
     /// Applies changes durably, each only if its payment is still in `expect`.
     pub async fn apply(&self, changes: Vec<Change>) -> Result<Vec<Applied>, String> {
-        self.write(WriteGroup {
+        self.apply_as(changes, false).await
+    }
+
+    async fn apply_as(&self, changes: Vec<Change>, urgent: bool) -> Result<Vec<Applied>, String> {
+        let group = WriteGroup {
             changes,
             ..WriteGroup::default()
-        })
-        .await
-        .map(|r| r.applied)
+        };
+        self.send(group, urgent).await.map(|r| r.applied)
     }
 
     /// Stores a raw callback durably and returns its id.

@@ -151,7 +151,7 @@ impl SqliteStore {
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             // Readers share the OS page cache; a large private cache per reader only multiplies
-            // memory (the writer keeps the 64 MiB one).
+            // memory (the writer keeps the 32 MiB one).
             .connect_with(options.read_only(true).pragma("cache_size", "-8192"))
             .await?;
         Ok(SqliteStore {
@@ -333,7 +333,7 @@ fn placeholders(rows: usize, cols: usize) -> String {
 /// group writes are on the single writer's path, and building a 20 KB text for every chunk was
 /// a part of it.
 fn grouped_sql(
-    shapes: &'static [std::sync::OnceLock<String>; 16],
+    shapes: &'static Shapes,
     rows: usize,
     build: impl FnOnce(usize) -> String,
 ) -> &'static str {
@@ -1223,7 +1223,6 @@ impl Store for SqliteStore {
     }
 }
 
-/// Applies changes inside `tx`; see [`Store::write`].
 /// One transaction writing a group. `None` (and nothing written) when not `careful` and some
 /// change did not apply; see [`apply_changes`].
 async fn write_group(
@@ -1281,15 +1280,39 @@ fn padded(rows: usize) -> usize {
 
 /// Binds the NULL padding rows of a chunk of `rows` rows with `cols` columns each; the grouped
 /// statements skip rows whose first column is NULL.
-fn pad<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    rows: usize,
-    cols: usize,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+fn pad(mut q: SqliteQuery<'_>, rows: usize, cols: usize) -> SqliteQuery<'_> {
     for _ in 0..(padded(rows) - rows) * cols {
         q = q.bind(None::<&str>);
     }
     q
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// The statement texts of one grouped statement, one per padded row count (see [`grouped_sql`]).
+type Shapes = [std::sync::OnceLock<String>; 16];
+
+/// Inserts `rows` into `into` (`table (columns…)`, `cols` of them) with one padded
+/// `INSERT … SELECT` per chunk; `bind` binds one row's values in column order.
+async fn insert_grouped<'q, T>(
+    conn: &mut SqliteConnection,
+    shapes: &'static Shapes,
+    into: &str,
+    cols: usize,
+    rows: &'q [T],
+    bind: impl Fn(SqliteQuery<'q>, &'q T) -> SqliteQuery<'q>,
+) -> StoreResult<()> {
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let sql = grouped_sql(shapes, padded(chunk.len()), |n| {
+            format!(
+                "INSERT INTO {into} SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL",
+                placeholders(n, cols)
+            )
+        });
+        let q = chunk.iter().fold(sqlx::query(sql), &bind);
+        pad(q, chunk.len(), cols).execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// Applies each change whose payment is still in its expected status, with its history rows.
@@ -1314,10 +1337,8 @@ async fn apply_changes(
                 .into_iter()
                 .partition(|&i| seen.insert(changes[i].payment_id.as_str()));
             for chunk in round.chunks(UPDATE_CHUNK) {
-                static SHAPES: [std::sync::OnceLock<String>; 16] =
-                    [const { std::sync::OnceLock::new() }; 16];
-                static RETURNING_SHAPES: [std::sync::OnceLock<String>; 16] =
-                    [const { std::sync::OnceLock::new() }; 16];
+                static SHAPES: Shapes = [const { std::sync::OnceLock::new() }; 16];
+                static RETURNING_SHAPES: Shapes = [const { std::sync::OnceLock::new() }; 16];
                 let shapes = if careful { &RETURNING_SHAPES } else { &SHAPES };
                 let sql = grouped_sql(shapes, padded(chunk.len()), |rows| {
                     format!(
@@ -1418,47 +1439,36 @@ async fn apply_changes(
             }
         }
         // History rows of the whole group in a few multi-row statements.
-        for chunk in events.chunks(INSERT_CHUNK) {
-            static SHAPES: [std::sync::OnceLock<String>; 16] =
-                [const { std::sync::OnceLock::new() }; 16];
-            let sql = grouped_sql(&SHAPES, padded(chunk.len()), |rows| {
-                format!(
-                    "INSERT INTO payment_events (payment_id, at, from_status, to_status, \
-                     reason_code, detail, route_version, adapter_version) \
-                     SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL",
-                    placeholders(rows, 8)
-                )
-            });
-            let mut q = sqlx::query(sql);
-            for (id, e) in chunk {
-                q = q
-                    .bind(*id)
+        static EVENT_SHAPES: Shapes = [const { std::sync::OnceLock::new() }; 16];
+        insert_grouped(
+            conn,
+            &EVENT_SHAPES,
+            "payment_events (payment_id, at, from_status, to_status, reason_code, detail, \
+             route_version, adapter_version)",
+            8,
+            &events,
+            |q, (id, e)| {
+                q.bind(*id)
                     .bind(now)
                     .bind(e.from.map(Status::as_str))
                     .bind(e.to.as_str())
                     .bind(&e.reason_code)
                     .bind(&e.detail)
                     .bind(&e.route_version)
-                    .bind(&e.adapter_version);
-            }
-            q = pad(q, chunk.len(), 8);
-            q.execute(&mut *conn).await?;
-        }
-        for chunk in attempts.chunks(INSERT_CHUNK) {
-            static SHAPES: [std::sync::OnceLock<String>; 16] =
-                [const { std::sync::OnceLock::new() }; 16];
-            let sql = grouped_sql(&SHAPES, padded(chunk.len()), |rows| {
-                format!(
-                    "INSERT INTO dispatch_attempts (payment_id, dfsp, kind, idempotency_key, \
-                     method, url, started_at, finished_at, http_status, outcome, error) \
-                     SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL",
-                    placeholders(rows, 11)
-                )
-            });
-            let mut q = sqlx::query(sql);
-            for (id, a) in chunk {
-                q = q
-                    .bind(*id)
+                    .bind(&e.adapter_version)
+            },
+        )
+        .await?;
+        static ATTEMPT_SHAPES: Shapes = [const { std::sync::OnceLock::new() }; 16];
+        insert_grouped(
+            conn,
+            &ATTEMPT_SHAPES,
+            "dispatch_attempts (payment_id, dfsp, kind, idempotency_key, method, url, \
+             started_at, finished_at, http_status, outcome, error)",
+            11,
+            &attempts,
+            |q, (id, a)| {
+                q.bind(*id)
                     .bind(&a.dfsp)
                     .bind(a.kind)
                     .bind(&a.idempotency_key)
@@ -1468,11 +1478,10 @@ async fn apply_changes(
                     .bind(a.finished_at)
                     .bind(a.http_status)
                     .bind(&a.outcome)
-                    .bind(&a.error);
-            }
-            q = pad(q, chunk.len(), 11);
-            q.execute(&mut *conn).await?;
-        }
+                    .bind(&a.error)
+            },
+        )
+        .await?;
         Ok(Some(out))
     }
 }
