@@ -25,7 +25,6 @@ pub struct Application {
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
-/// Loads and checks all scripts with the one engine set-up.
 /// Asks Linux not to back this process's memory with transparent huge pages. Where THP is
 /// `always` (as on the development machine), the allocator's regions are faulted in 2 MiB at a
 /// time, so sparsely used memory counts in full: the load bench's peak RSS was 200–210 MB with
@@ -39,6 +38,7 @@ pub fn disable_transparent_huge_pages() {
     }
 }
 
+/// Loads and checks all scripts with the one engine set-up.
 pub fn load_live(settings: &Settings) -> anyhow::Result<Live> {
     let engine = Arc::new(engine::build());
     let bundle = Bundle::load(engine, &settings.rules_dir, &settings.adapters_dir)

@@ -70,8 +70,8 @@ fn filled<const N: usize>(template: &OnceLock<Map>, fields: [(&str, Dynamic); N]
 /// The payment as scripts see it (DESIGN.md "Script contracts").
 ///
 /// This runs for every payment, so it fills a copy of a prepared map rather than building
-/// one key by key, and the nested `fa` map is shared so that `p.fa == ()` in a script copies
-/// no map.
+/// one key by key. The nested `fa` map is shared with the payment's copies; scripts read it
+/// with `p.fa?.provider` (which gives `()` when the payee has no financial address).
 pub fn payment_map(p: &Payment) -> Map {
     let text = |s: &str| Dynamic::from(ImmutableString::from(s));
     let fa = p

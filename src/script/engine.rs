@@ -256,7 +256,7 @@ mod tests {
         for missing in ["a.nope", "a.list.2", "a.list.x", "s.more", "", "a..list"] {
             assert_eq!(dig(missing), "", "{missing}");
         }
-        // In place, also through a value shared with PIL (the payment map is).
+        // Also through a value shared with PIL (the payment map is).
         let engine = build();
         let ast = engine
             .compile("fn f(p) { dig(p, \"fa.id\") }")
